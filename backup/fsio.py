@@ -1,0 +1,235 @@
+"""The narrow I/O seam every durable write in dbkeep goes through.
+
+Owns: creating private temporary files, writing, fsync, atomic replace/link,
+directory fsync, unlink and listing, plus the fault hooks the reliability tests use.
+Knows nothing of repositories, snapshots or databases.
+
+Fault hooks (read from the environment once, or set in-process with ``inject``):
+
+- ``DBKEEP_FAULT=op:ERRNO:n[:persistent]``: the n-th call of ``op`` (and, if
+  persistent, every later one) raises ``OSError(ERRNO)`` instead of acting.
+- ``DBKEEP_CRASH_AT=op:n`` or ``DBKEEP_CRASH_AT=point-name``: the process kills
+  itself with SIGKILL just before the n-th ``op``, or on reaching a named point.
+- ``DBKEEP_PAUSE_AT=point-name:FIFO``: on reaching the point, the process opens
+  FIFO for writing (which blocks until a test opens it to read, so the test knows
+  the point was reached), writes a line, then waits until ``FIFO.resume`` is
+  written to. No polling and no sleeps on either side.
+
+Operation names: create_temp, write, fsync, close, replace, link, fsync_dir,
+unlink, listdir, mkdir.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno as errno_module
+import os
+import secrets
+import signal
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+FILE_MODE = 0o600
+DIRECTORY_MODE = 0o700
+TEMP_PREFIX = ".dbkeep-tmp-"
+
+
+@dataclass(slots=True)
+class FaultPlan:
+    """Which operation fails or crashes, counted from when the plan was installed."""
+
+    fail_op: str | None = None
+    fail_errno: int = errno_module.EIO
+    fail_at: int = 0
+    persistent: bool = False
+    crash_op: str | None = None
+    crash_at: int = 0
+    crash_point: str | None = None
+    pause_point: str | None = None
+    pause_fifo: str | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_environment(cls, environ: dict[str, str] | os._Environ[str]) -> FaultPlan:
+        plan = cls()
+        fault = environ.get("DBKEEP_FAULT", "")
+        if fault:
+            parts = fault.split(":")
+            plan.fail_op = parts[0]
+            plan.fail_errno = getattr(errno_module, parts[1]) if len(parts) > 1 else errno_module.EIO
+            plan.fail_at = int(parts[2]) if len(parts) > 2 else 1
+            plan.persistent = len(parts) > 3 and parts[3] == "persistent"
+        crash = environ.get("DBKEEP_CRASH_AT", "")
+        if crash:
+            op, _, count = crash.partition(":")
+            if count:
+                plan.crash_op, plan.crash_at = op, int(count)
+            else:
+                plan.crash_point = op
+        pause = environ.get("DBKEEP_PAUSE_AT", "")
+        if pause:
+            plan.pause_point, _, plan.pause_fifo = pause.partition(":")
+        return plan
+
+    def before(self, op: str, target: str = "") -> None:
+        count = self.counts.get(op, 0) + 1
+        self.counts[op] = count
+        if op == self.crash_op and count == self.crash_at:
+            _kill_self()
+        if op == self.fail_op and (count == self.fail_at or (self.persistent and count > self.fail_at)):
+            raise OSError(self.fail_errno, f"injected {errno_module.errorcode[self.fail_errno]} at {op} #{count}", target)
+
+
+_plan = FaultPlan.from_environment(os.environ)
+
+
+@contextlib.contextmanager
+def inject(plan: FaultPlan) -> Iterator[FaultPlan]:
+    """Run the block under ``plan`` (for in-process tests); restores the previous plan."""
+    global _plan
+    previous, _plan = _plan, plan
+    try:
+        yield plan
+    finally:
+        _plan = previous
+
+
+def _kill_self() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def reached(point: str) -> None:
+    """Mark a named step: a crash or pause point when a test asked for one here."""
+    if _plan.crash_point == point:
+        _kill_self()
+    if _plan.pause_point == point and _plan.pause_fifo:
+        with open(_plan.pause_fifo, "w") as announce:
+            announce.write(point + "\n")
+        with open(_plan.pause_fifo + ".resume") as resume:
+            resume.read()
+
+
+def create_temp(directory: Path) -> tuple[int, Path]:
+    """Create an empty, private (0600) file with a unique name in ``directory``."""
+    while True:
+        path = directory / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
+        _plan.before("create_temp", str(path))
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
+        except FileExistsError:
+            continue
+        # The umask may have stripped bits we do not need, never added any: still
+        # force the exact mode so a later chmod by someone else is not inherited.
+        os.fchmod(descriptor, FILE_MODE)
+        return descriptor, path
+
+
+def write(descriptor: int, data: bytes | memoryview) -> None:
+    _plan.before("write")
+    view = memoryview(data)
+    while view:
+        written = os.write(descriptor, view)
+        view = view[written:]
+
+
+def fsync(descriptor: int) -> None:
+    _plan.before("fsync")
+    os.fsync(descriptor)
+
+
+def close(descriptor: int) -> None:
+    _plan.before("close")
+    os.close(descriptor)
+
+
+def replace(source: Path, destination: Path) -> None:
+    _plan.before("replace", str(destination))
+    os.replace(source, destination)
+
+
+def link(source: Path, destination: Path) -> None:
+    """Publish ``source`` under ``destination`` only if that name is free (atomic)."""
+    _plan.before("link", str(destination))
+    os.link(source, destination)
+
+
+def fsync_dir(directory: Path) -> None:
+    _plan.before("fsync_dir", str(directory))
+    descriptor = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def unlink(path: Path) -> None:
+    _plan.before("unlink", str(path))
+    os.unlink(path)
+
+
+def listdir(directory: Path) -> list[str]:
+    _plan.before("listdir", str(directory))
+    return os.listdir(directory)
+
+
+def make_private_dirs(directory: Path) -> None:
+    """Create ``directory`` and missing parents as 0700, whatever the umask."""
+    missing: list[Path] = []
+    current = directory
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    for path in reversed(missing):
+        _plan.before("mkdir", str(path))
+        try:
+            os.mkdir(path, DIRECTORY_MODE)
+        except FileExistsError:
+            continue
+        os.chmod(path, DIRECTORY_MODE)
+        fsync_dir(path.parent)
+
+
+def write_file_atomically(path: Path, pieces: Iterable[bytes], *, exclusive: bool = False) -> int:
+    """Write ``pieces`` to ``path`` so that readers see either nothing or all of it.
+
+    Temp file in the same directory (0600), write, fsync, close, then rename (or
+    link, when ``exclusive`` and the name must not already exist), then fsync the
+    directory. On any error the temp file is removed and nothing is published:
+    after a failed fsync the data is never published (a retried fsync can report
+    success for pages the kernel already dropped). Returns the bytes written.
+    Raises FileExistsError when ``exclusive`` and ``path`` exists.
+    """
+    directory = path.parent
+    descriptor, temp_path = create_temp(directory)
+    size = 0
+    try:
+        try:
+            for piece in pieces:
+                write(descriptor, piece)
+                size += len(piece)
+            fsync(descriptor)
+        finally:
+            close(descriptor)
+        if exclusive:
+            link(temp_path, path)
+            unlink(temp_path)
+        else:
+            replace(temp_path, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp_path)
+        raise
+    fsync_dir(directory)
+    return size
+
+
+def remove_stale_temps(directory: Path) -> int:
+    """Remove temp files a killed process left in ``directory``; returns how many."""
+    removed = 0
+    for name in listdir(directory):
+        if name.startswith(TEMP_PREFIX):
+            with contextlib.suppress(FileNotFoundError):
+                unlink(directory / name)
+                removed += 1
+    return removed

@@ -1,0 +1,204 @@
+"""The pack file format: frames of compressed chunks, then a header that lists them.
+
+Owns: encoding a pack from frames, parsing the header back from a pack's tail,
+and compressing / decompressing frames with bounded memory. Knows nothing of
+storage, snapshots or databases. docs/format.md specifies these bytes.
+
+    pack    = frame* header trailer
+    frame   = zstd frame (or raw bytes) holding one or more whole chunks
+    header  = entry*            one 53-byte entry per chunk, in frame order
+    entry   = "<32sQIIIB": chunk id (raw SHA-256), frame offset in the pack,
+              frame length, chunk offset inside the decompressed frame,
+              chunk length, compression (0 none, 1 zstd)
+    trailer = "<I8s": number of entries, magic b"DBKPACK1"
+
+A pack is named by the SHA-256 of all of its bytes, so any damage anywhere in it
+is detected by re-hashing, and its header alone is enough to rebuild the index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import zstandard
+
+from .errors import CorruptChunk, CorruptPack
+
+MAGIC = b"DBKPACK1"
+ENTRY = struct.Struct("<32sQIIIB")
+TRAILER = struct.Struct("<I8s")
+COMPRESSION_NONE = 0
+COMPRESSION_ZSTD = 1
+#: No frame ever decompresses to more than this; a larger claim is a bomb or damage.
+MAX_FRAME_BYTES = 16 * 1024 * 1024
+#: No pack holds more chunks than this; a larger count in a trailer is damage.
+MAX_ENTRIES = MAX_FRAME_BYTES
+
+_HEX_ID = re.compile(r"^[0-9a-f]{64}$")
+
+
+def check_id(value: object, what: str = "id") -> str:
+    """Return ``value`` if it is 64 lowercase hex characters, else raise CorruptPack.
+
+    Every id read from disk passes through here before it can become a path.
+    """
+    if not isinstance(value, str) or not _HEX_ID.match(value):
+        raise CorruptPack(f"invalid {what} {str(value)[:80]!r}: expected 64 lowercase hex characters")
+    return value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PackEntry:
+    """Where one chunk lives inside a pack."""
+
+    chunk_id: str
+    frame_offset: int
+    frame_length: int
+    offset_in_frame: int
+    length: int
+    compression: int
+
+    def to_row(self) -> list[object]:
+        return [self.chunk_id, self.frame_offset, self.frame_length, self.offset_in_frame, self.length, self.compression]
+
+    @classmethod
+    def from_row(cls, row: object) -> PackEntry:
+        """Parse an index row, refusing anything that is not exactly six sane fields."""
+        if not isinstance(row, list) or len(row) != 6:
+            raise CorruptPack(f"index entry {str(row)[:80]!r} is not a 6-field list")
+        chunk_id, *numbers = row
+        if not all(isinstance(number, int) and not isinstance(number, bool) and number >= 0 for number in numbers):
+            raise CorruptPack(f"index entry for {str(chunk_id)[:80]!r} has a field that is not a non-negative integer")
+        frame_offset, frame_length, offset_in_frame, length, compression = numbers
+        entry = cls(
+            chunk_id=check_id(chunk_id, "chunk id"),
+            frame_offset=frame_offset,
+            frame_length=frame_length,
+            offset_in_frame=offset_in_frame,
+            length=length,
+            compression=compression,
+        )
+        entry.check_bounds()
+        return entry
+
+    def check_bounds(self) -> None:
+        if self.compression not in (COMPRESSION_NONE, COMPRESSION_ZSTD):
+            raise CorruptPack(f"chunk {self.chunk_id} has unknown compression {self.compression}")
+        if self.offset_in_frame + self.length > MAX_FRAME_BYTES or self.frame_length > MAX_FRAME_BYTES:
+            raise CorruptPack(f"chunk {self.chunk_id} claims a frame larger than {MAX_FRAME_BYTES} bytes")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Frame:
+    """One frame ready to be placed in a pack: its bytes and the chunks inside."""
+
+    data: bytes
+    compression: int
+    chunks: tuple[tuple[str, int, int], ...]  # (chunk id, offset in frame, length)
+
+
+def compress_frame(chunks: Sequence[tuple[str, bytes]], compressor: zstandard.ZstdCompressor | None) -> Frame:
+    """Build one frame from adjacent new chunks; stores raw bytes when zstd does not help."""
+    raw = b"".join(data for _, data in chunks)
+    placed: list[tuple[str, int, int]] = []
+    offset = 0
+    for chunk_id, data in chunks:
+        placed.append((chunk_id, offset, len(data)))
+        offset += len(data)
+    if compressor is not None:
+        compressed = compressor.compress(raw)
+        if len(compressed) < len(raw):
+            return Frame(data=compressed, compression=COMPRESSION_ZSTD, chunks=tuple(placed))
+    return Frame(data=raw, compression=COMPRESSION_NONE, chunks=tuple(placed))
+
+
+def decompress_frame(data: bytes, compression: int) -> bytes:
+    """Decompress a frame, never producing more than MAX_FRAME_BYTES (bomb guard).
+
+    Streams through a reader rather than trusting the size a frame header claims.
+    """
+    if compression == COMPRESSION_NONE:
+        return data
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=False) as reader:
+            output = reader.read(MAX_FRAME_BYTES + 1)
+    except zstandard.ZstdError as error:
+        raise CorruptChunk(f"frame does not decompress: {error}") from error
+    if len(output) > MAX_FRAME_BYTES:
+        raise CorruptChunk(f"frame decompresses to more than {MAX_FRAME_BYTES} bytes")
+    return output
+
+
+def encode_header(frames: Sequence[tuple[int, Frame]]) -> bytes:
+    """The header and trailer for frames placed at the given pack offsets."""
+    entries = bytearray()
+    count = 0
+    for frame_offset, frame in frames:
+        for chunk_id, offset_in_frame, length in frame.chunks:
+            entries += ENTRY.pack(bytes.fromhex(chunk_id), frame_offset, len(frame.data), offset_in_frame, length, frame.compression)
+            count += 1
+    return bytes(entries) + TRAILER.pack(count, MAGIC)
+
+
+def header_entries(frames: Sequence[tuple[int, Frame]]) -> list[PackEntry]:
+    return [
+        PackEntry(
+            chunk_id=chunk_id,
+            frame_offset=frame_offset,
+            frame_length=len(frame.data),
+            offset_in_frame=offset_in_frame,
+            length=length,
+            compression=frame.compression,
+        )
+        for frame_offset, frame in frames
+        for chunk_id, offset_in_frame, length in frame.chunks
+    ]
+
+
+def header_length(trailer: bytes, pack_size: int, pack_name: str) -> int:
+    """How many header bytes precede the trailer; raises CorruptPack on a bad trailer."""
+    if len(trailer) != TRAILER.size:
+        raise CorruptPack(f"pack {pack_name} is too short to hold a trailer")
+    count, magic = TRAILER.unpack(trailer)
+    if magic != MAGIC:
+        raise CorruptPack(f"pack {pack_name} does not end with the pack magic; it is truncated or damaged")
+    length = count * ENTRY.size
+    if count > MAX_ENTRIES or length + TRAILER.size > pack_size:
+        raise CorruptPack(f"pack {pack_name} claims {count} entries, more than its size allows")
+    return length
+
+
+def parse_header(header: bytes, frames_end: int, pack_name: str) -> list[PackEntry]:
+    """Parse header bytes; every entry must point inside the frame area."""
+    entries: list[PackEntry] = []
+    for position in range(0, len(header), ENTRY.size):
+        raw_id, frame_offset, frame_length, offset_in_frame, length, compression = ENTRY.unpack_from(header, position)
+        entry = PackEntry(
+            chunk_id=raw_id.hex(),
+            frame_offset=frame_offset,
+            frame_length=frame_length,
+            offset_in_frame=offset_in_frame,
+            length=length,
+            compression=compression,
+        )
+        entry.check_bounds()
+        if frame_offset + frame_length > frames_end:
+            raise CorruptPack(f"pack {pack_name}: chunk {entry.chunk_id} points past the frame area")
+        entries.append(entry)
+    return entries
+
+
+def parse_pack(data: bytes, pack_name: str) -> list[PackEntry]:
+    """Parse a whole pack held in memory (verify and index rebuild)."""
+    length = header_length(data[-TRAILER.size :], len(data), pack_name)
+    frames_end = len(data) - TRAILER.size - length
+    return parse_header(data[frames_end : len(data) - TRAILER.size], frames_end, pack_name)
+
+
+def chunk_id_of(data: bytes | memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()

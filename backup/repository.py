@@ -1,0 +1,464 @@
+"""The repository: config, packs of chunks, the index, and snapshot manifests.
+
+Owns: creating and opening a repository, storing chunks once (content addressed,
+compressed, grouped in packs), finding and reading them back with their hashes
+checked, writing the index, and saving / loading / deleting manifests in the
+order that keeps invariant 1 (data, then index, then manifest). Knows storage
+formats, never databases: it does not import sqlite3.
+
+Layout under the repository location (docs/format.md has the bytes):
+
+    config.json             sealed JSON: version, id, chunking, compression
+    snapshots/<id>.json     sealed manifest; its appearance is the commit point
+    packs/<xx>/<pack-id>    frames of chunks with a trailing header
+    index/<index-id>        JSON: pack -> chunk locations; named by its SHA-256
+    locks/                  lock records
+    tmp/                    scratch space for captures and restores (private)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zstandard
+
+from . import fsio
+from . import pack as packformat
+from .errors import (
+    CorruptChunk,
+    CorruptData,
+    CorruptIndex,
+    CorruptManifest,
+    CorruptPack,
+    RepositoryNotFound,
+    SnapshotNotFound,
+    StorageError,
+)
+from .manifest import Snapshot, check_snapshot_id, seal, unseal
+from .pack import Frame, PackEntry, check_id
+from .storage import LocalStorage, Storage
+
+FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+FOLDERS = ("snapshots", "packs", "index", "locks")
+PACK_TARGET_BYTES = 16 * 1024 * 1024
+FRAME_TARGET_BYTES = 128 * 1024
+#: How many chunk ids one chunk list holds; a changed chunk rewrites one list.
+CHUNK_LIST_FANOUT = 128
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RepositoryConfig:
+    version: int
+    id: str
+    chunk_size: int
+    compression: str
+    compression_level: int
+
+    def to_body(self) -> dict[str, object]:
+        return {
+            "version": self.version,
+            "id": self.id,
+            "chunk_size": self.chunk_size,
+            "compression": self.compression,
+            "compression_level": self.compression_level,
+        }
+
+    @classmethod
+    def from_body(cls, body: dict[str, object]) -> RepositoryConfig:
+        try:
+            config = cls(
+                version=int(body["version"]),  # type: ignore[call-overload]
+                id=str(body["id"]),
+                chunk_size=int(body["chunk_size"]),  # type: ignore[call-overload]
+                compression=str(body["compression"]),
+                compression_level=int(body["compression_level"]),  # type: ignore[call-overload]
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise CorruptManifest(f"repository config is incomplete: {error}") from error
+        if config.version != FORMAT_VERSION:
+            raise CorruptManifest(f"repository format version {config.version} is not supported; upgrade dbkeep")
+        if config.compression not in {"zstd", "none"} or not 512 <= config.chunk_size <= packformat.MAX_FRAME_BYTES:
+            raise CorruptManifest("repository config has an unsupported compression or chunk size")
+        return config
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChunkLocation:
+    pack_id: str
+    entry: PackEntry
+
+
+def pack_name(pack_id: str) -> str:
+    return f"packs/{check_id(pack_id, 'pack id')[:2]}/{pack_id}"
+
+
+def snapshot_name(snapshot_id: str) -> str:
+    return f"snapshots/{check_snapshot_id(snapshot_id)}.json"
+
+
+@dataclass(slots=True)
+class Index:
+    """Chunk id -> location, merged from every index file."""
+
+    locations: dict[str, ChunkLocation] = field(default_factory=dict)
+    #: Further copies of a chunk (re-stored after its first pack was lost), tried in turn.
+    duplicates: dict[str, list[ChunkLocation]] = field(default_factory=dict)
+    pack_sizes: dict[str, int] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def add_pack(self, pack_id: str, size: int, entries: Iterable[PackEntry]) -> None:
+        self.pack_sizes[pack_id] = size
+        for entry in entries:
+            location = ChunkLocation(pack_id=pack_id, entry=entry)
+            existing = self.locations.setdefault(entry.chunk_id, location)
+            if existing is not location and existing.pack_id != pack_id:
+                self.duplicates.setdefault(entry.chunk_id, []).append(location)
+
+    def all_locations(self, chunk_id: str) -> list[ChunkLocation]:
+        primary = self.locations.get(chunk_id)
+        return ([primary] if primary else []) + self.duplicates.get(chunk_id, [])
+
+    def __contains__(self, chunk_id: str) -> bool:
+        return chunk_id in self.locations
+
+
+def encode_index(packs: dict[str, tuple[int, list[PackEntry]]]) -> bytes:
+    body = {
+        "format": "dbkeep-index",
+        "version": FORMAT_VERSION,
+        "packs": [
+            {"id": pack_id, "size": size, "chunks": [entry.to_row() for entry in entries]}
+            for pack_id, (size, entries) in sorted(packs.items())
+        ],
+    }
+    return json.dumps(body, separators=(",", ":")).encode() + b"\n"
+
+
+def decode_index(data: bytes, name: str) -> dict[str, tuple[int, list[PackEntry]]]:
+    """Parse one index file; raises CorruptIndex if it is damaged in any way."""
+    if hashlib.sha256(data).hexdigest() != name.rsplit("/", 1)[-1]:
+        raise CorruptIndex(f"index file {name} does not hash to its name: it was damaged")
+    try:
+        body = json.loads(data)
+        if body.get("format") != "dbkeep-index" or body.get("version") != FORMAT_VERSION:
+            raise CorruptIndex(f"index file {name} is not a supported dbkeep index")
+        result: dict[str, tuple[int, list[PackEntry]]] = {}
+        for item in body["packs"]:
+            size = item["size"]
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise CorruptIndex(f"index file {name} has a bad pack size")
+            result[check_id(item["id"], "pack id")] = (size, [PackEntry.from_row(row) for row in item["chunks"]])
+        return result
+    except CorruptIndex:
+        raise
+    except (CorruptPack, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise CorruptIndex(f"index file {name} does not match the format: {error}") from error
+
+
+class Repository:
+    """A repository on some storage. Open with ``Repository.open`` or ``init``."""
+
+    def __init__(self, storage: Storage, config: RepositoryConfig) -> None:
+        self.storage = storage
+        self.config = config
+        self._index: Index | None = None
+        self._frame_cache: tuple[tuple[str, int], bytes] | None = None
+
+    # -- creation -------------------------------------------------------------------
+
+    @classmethod
+    def init(cls, storage: Storage, *, chunk_size: int, compression_level: int) -> Repository:
+        """Create a new, empty repository; refuses if one already exists there."""
+        config = RepositoryConfig(
+            version=FORMAT_VERSION,
+            id=secrets.token_hex(16),
+            chunk_size=chunk_size,
+            compression="zstd" if compression_level > 0 else "none",
+            compression_level=compression_level,
+        )
+        for folder in FOLDERS:
+            if isinstance(storage, LocalStorage):
+                fsio.make_private_dirs(storage.root / folder)
+        try:
+            storage.put(CONFIG_NAME, [seal(config.to_body(), kind="config")], exclusive=True)
+        except FileExistsError:
+            return cls.open(storage)
+        return cls(storage, config)
+
+    @classmethod
+    def open(cls, storage: Storage) -> Repository:
+        """Open an existing repository; RepositoryNotFound if there is none."""
+        if not storage.exists(CONFIG_NAME):
+            raise RepositoryNotFound(
+                f"no dbkeep repository at {storage.location}; create a backup first (backup.create) "
+                "or point the 'repository' setting at an existing one"
+            )
+        config = RepositoryConfig.from_body(unseal(storage.get(CONFIG_NAME), kind="config"))
+        return cls(storage, config)
+
+    @classmethod
+    def open_or_init(cls, storage: Storage, *, chunk_size: int, compression_level: int) -> Repository:
+        if storage.exists(CONFIG_NAME):
+            return cls.open(storage)
+        return cls.init(storage, chunk_size=chunk_size, compression_level=compression_level)
+
+    # -- index ----------------------------------------------------------------------
+
+    def index(self, *, reload: bool = False) -> Index:
+        """The merged index; damaged index files are recorded in ``problems``, not fatal."""
+        if self._index is None or reload:
+            index = Index()
+            for info in self.storage.list("index"):
+                index.files.append(info.name)
+                try:
+                    packs = decode_index(self.storage.get(info.name), info.name)
+                except CorruptIndex as error:
+                    index.problems.append(str(error))
+                    continue
+                for pack_id, (size, entries) in packs.items():
+                    index.add_pack(pack_id, size, entries)
+            self._index = index
+        return self._index
+
+    def rebuild_index(self) -> tuple[int, list[str]]:
+        """Write one fresh index from every pack's own header, then drop the old files.
+
+        Returns (packs indexed, problems). Damaged packs are skipped and named; the
+        old index files are removed only after the new one is durable.
+        """
+        packs: dict[str, tuple[int, list[PackEntry]]] = {}
+        problems: list[str] = []
+        for info in self.storage.list("packs"):
+            pack_id = info.name.rsplit("/", 1)[-1]
+            try:
+                check_id(pack_id, "pack id")
+                data = self.storage.get(info.name)
+                if hashlib.sha256(data).hexdigest() != pack_id:
+                    raise CorruptPack(f"pack {pack_id} does not hash to its name")
+                packs[pack_id] = (len(data), packformat.parse_pack(data, pack_id))
+            except (CorruptData, StorageError) as error:
+                problems.append(str(error))
+        old_files = [info.name for info in self.storage.list("index")]
+        new_name = self._write_index(packs)
+        for name in old_files:
+            if name != new_name:
+                self.storage.delete(name)
+        self._index = None
+        return len(packs), problems
+
+    def _write_index(self, packs: dict[str, tuple[int, list[PackEntry]]]) -> str:
+        data = encode_index(packs)
+        name = f"index/{hashlib.sha256(data).hexdigest()}"
+        try:
+            self.storage.put(name, [data], exclusive=True)
+        except FileExistsError:
+            pass  # the same bytes are already durable under that name
+        return name
+
+    def remove_stale_temps(self) -> int:
+        """Remove temp files killed writers left behind; call only under the exclusive lock."""
+        if not isinstance(self.storage, LocalStorage):
+            return 0
+        return sum(self.storage.remove_stale_temps(folder) for folder in (*FOLDERS, "tmp") if self.storage.exists(folder)) + (
+            fsio.remove_stale_temps(self.storage.root)
+        )
+
+    # -- writing chunks -------------------------------------------------------------
+
+    def writer(self) -> ChunkWriter:
+        return ChunkWriter(self)
+
+    # -- reading chunks -------------------------------------------------------------
+
+    def locate(self, chunk_id: str) -> list[ChunkLocation]:
+        locations = self.index().all_locations(chunk_id)
+        if not locations:
+            raise CorruptChunk(f"chunk {chunk_id} is not in the index: its data is missing from the repository")
+        return locations
+
+    def read_frame(self, pack_id: str, entry: PackEntry) -> bytes:
+        key = (pack_id, entry.frame_offset)
+        if self._frame_cache is not None and self._frame_cache[0] == key:
+            return self._frame_cache[1]
+        try:
+            data = self.storage.get_range(pack_name(pack_id), entry.frame_offset, entry.frame_length)
+        except StorageError as error:
+            raise CorruptPack(f"pack {pack_id} cannot be read for chunk {entry.chunk_id}: {error}") from error
+        frame = packformat.decompress_frame(data, entry.compression)
+        self._frame_cache = (key, frame)
+        return frame
+
+    def read_chunk(self, chunk_id: str) -> bytes:
+        """The chunk's bytes, hash-checked; raises CorruptData if no copy is right.
+
+        A chunk stored again after its first pack was damaged has several
+        locations; each is tried in turn and the first intact one wins.
+        """
+        failures: list[CorruptData] = []
+        for location in self.locate(chunk_id):
+            entry = location.entry
+            try:
+                frame = self.read_frame(location.pack_id, entry)
+            except CorruptData as error:
+                failures.append(error)
+                continue
+            data = frame[entry.offset_in_frame : entry.offset_in_frame + entry.length]
+            if len(data) == entry.length and packformat.chunk_id_of(data) == chunk_id:
+                return data
+            self._frame_cache = None
+            failures.append(CorruptChunk(f"chunk {chunk_id} in pack {location.pack_id} does not match its hash"))
+        if len(failures) == 1:
+            raise failures[0]
+        raise CorruptChunk(f"chunk {chunk_id}: no intact copy ({'; '.join(str(failure) for failure in failures)})")
+
+    def chunk_ids_of(self, chunk_lists: Iterable[str]) -> Iterator[str]:
+        """Expand a file's chunk lists into its chunk ids, in order."""
+        for list_id in chunk_lists:
+            data = self.read_chunk(list_id)
+            if len(data) % 32:
+                raise CorruptChunk(f"chunk list {list_id} has a length that is not a multiple of 32")
+            for position in range(0, len(data), 32):
+                yield data[position : position + 32].hex()
+
+    def read_file_chunks(self, chunk_lists: Iterable[str]) -> Iterator[bytes]:
+        for chunk_id in self.chunk_ids_of(chunk_lists):
+            yield self.read_chunk(chunk_id)
+
+    # -- snapshots ------------------------------------------------------------------
+
+    def snapshot_ids(self) -> list[str]:
+        """Every snapshot id, oldest first. A listing failure raises, never returns []."""
+        ids: list[str] = []
+        for info in self.storage.list("snapshots"):
+            base = info.name.rsplit("/", 1)[-1]
+            if base.endswith(".json"):
+                ids.append(base[: -len(".json")])
+        return sorted(ids)
+
+    def load_snapshot(self, snapshot_id: str) -> Snapshot:
+        try:
+            data = self.storage.get(snapshot_name(snapshot_id))
+        except StorageError as error:
+            if not self.storage.exists(snapshot_name(snapshot_id)):
+                raise SnapshotNotFound(f"no snapshot {snapshot_id} in {self.storage.location}") from error
+            raise
+        return Snapshot.from_json(data, expected_id=snapshot_id)
+
+    def save_snapshot(self, snapshot: Snapshot) -> None:
+        """Publish a manifest: the commit point. Its chunks must already be durable."""
+        self.storage.put(snapshot_name(snapshot.id), [snapshot.to_json()], exclusive=True)
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        self.storage.delete(snapshot_name(snapshot_id))
+
+
+class ChunkWriter:
+    """Stores new chunks: groups them into frames, frames into packs, then indexes.
+
+    Nothing written here is referenced until ``finish`` has made every pack and
+    the index durable; only then may a manifest name these chunks.
+    """
+
+    def __init__(self, repository: Repository) -> None:
+        self.repository = repository
+        self.index = repository.index()
+        # A chunk counts as stored only if its pack is present at the indexed size,
+        # so a lost or truncated pack is written again rather than referenced.
+        present = {info.name.rsplit("/", 1)[-1]: info.size for info in repository.storage.list("packs")}
+        self._usable_packs = {pack_id for pack_id, size in self.index.pack_sizes.items() if present.get(pack_id) == size}
+        config = repository.config
+        self._compressor = (
+            zstandard.ZstdCompressor(level=config.compression_level, write_content_size=True)
+            if config.compression == "zstd"
+            else None
+        )
+        self._pending: list[tuple[str, bytes]] = []
+        self._pending_bytes = 0
+        self._pending_ids: set[str] = set()
+        self._frames: list[tuple[int, Frame]] = []
+        self._pack_bytes = 0
+        self._written: dict[str, tuple[int, list[PackEntry]]] = {}
+        self.stored_bytes = 0
+
+    def has(self, chunk_id: str) -> bool:
+        if chunk_id in self._pending_ids:
+            return True
+        return any(location.pack_id in self._usable_packs for location in self.index.all_locations(chunk_id))
+
+    def add(self, chunk_id: str, data: bytes) -> bool:
+        """Queue a chunk unless the repository has it; True if it was new."""
+        if self.has(chunk_id):
+            return False
+        self._pending.append((chunk_id, data))
+        self._pending_ids.add(chunk_id)
+        self._pending_bytes += len(data)
+        if self._pending_bytes >= FRAME_TARGET_BYTES:
+            self.close_frame()
+        return True
+
+    def add_chunk_list(self, chunk_ids: list[str]) -> list[str]:
+        """Store a file's chunk ids as chunk lists; returns the list ids in order."""
+        list_ids: list[str] = []
+        for start in range(0, len(chunk_ids), CHUNK_LIST_FANOUT):
+            data = b"".join(bytes.fromhex(chunk_id) for chunk_id in chunk_ids[start : start + CHUNK_LIST_FANOUT])
+            list_id = packformat.chunk_id_of(data)
+            self.add(list_id, data)
+            list_ids.append(list_id)
+        if not list_ids:
+            list_id = packformat.chunk_id_of(b"")
+            self.add(list_id, b"")
+            list_ids.append(list_id)
+        return list_ids
+
+    def close_frame(self) -> None:
+        """Compress the queued chunks as one frame; adjacent pages compress better together."""
+        if not self._pending:
+            return
+        frame = packformat.compress_frame(self._pending, self._compressor)
+        self._frames.append((self._pack_bytes, frame))
+        self._pack_bytes += len(frame.data)
+        self._pending = []
+        self._pending_bytes = 0
+        if self._pack_bytes >= PACK_TARGET_BYTES:
+            self._write_pack()
+
+    def _write_pack(self) -> None:
+        if not self._frames:
+            return
+        header = packformat.encode_header(self._frames)
+        pieces = [frame.data for _, frame in self._frames] + [header]
+        digest = hashlib.sha256()
+        for piece in pieces:
+            digest.update(piece)
+        pack_id = digest.hexdigest()
+        try:
+            size = self.repository.storage.put(pack_name(pack_id), pieces, exclusive=True)
+        except FileExistsError:
+            size = sum(len(piece) for piece in pieces)
+        entries = packformat.header_entries(self._frames)
+        self._written[pack_id] = (size, entries)
+        self.index.add_pack(pack_id, size, entries)
+        self._usable_packs.add(pack_id)
+        self.stored_bytes += size
+        self._frames = []
+        self._pack_bytes = 0
+
+    def finish(self) -> None:
+        """Make every queued chunk durable and indexed (data first, then the index)."""
+        self.close_frame()
+        self._write_pack()
+        if self._written:
+            self.repository._write_index(self._written)
+            self._written = {}
+        self._pending_ids.clear()
+
+
+def open_local(path: Path) -> Repository:
+    return Repository.open(LocalStorage(path))

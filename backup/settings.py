@@ -1,0 +1,184 @@
+"""Settings: one validated dataclass the library takes, built at the edge.
+
+Owns: the list of configuration keys with their defaults and allowed values, and
+turning a plain mapping (from Invoke's config: ``invoke.yaml`` ``backup:``,
+``INVOKE_BACKUP_*`` variables, flags) into ``Settings``. Every problem is
+reported at once, each naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .sources.selection import DEFAULT_INCLUDE
+
+DEFAULT_REPOSITORY = ".backups"
+GIB = 1024**3
+DEFAULT_COMPRESSION_LEVEL = 3
+DEFAULT_CHUNK_SIZE = 16 * 1024
+DEFAULT_KEEP_LAST = 10
+DEFAULT_LOCK_WAIT = 10.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """Everything an operation needs to know about where and how to back up."""
+
+    root: Path
+    repository: Path
+    include: tuple[str, ...] = DEFAULT_INCLUDE
+    exclude: tuple[str, ...] = ()
+    compression_level: int = DEFAULT_COMPRESSION_LEVEL
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    keep_last: int = DEFAULT_KEEP_LAST
+    quick_check_above: int = GIB
+    lock_wait: float = DEFAULT_LOCK_WAIT
+
+    @property
+    def scratch_directory(self) -> Path:
+        return self.repository / "tmp"
+
+
+def _as_tuple_of_strings(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        items = [item.strip() for item in value.split(",")]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise ValueError("a list of patterns (or one comma-separated string)")
+    if not all(isinstance(item, str) and item for item in items):
+        raise ValueError("a list of non-empty pattern strings")
+    return tuple(items)
+
+
+def _bounded_int(low: int, high: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool):
+            raise ValueError(f"an integer from {low} to {high}")
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"an integer from {low} to {high}") from None
+        if not low <= number <= high or (isinstance(value, float) and value != number):
+            raise ValueError(f"an integer from {low} to {high}")
+        return number
+
+    return parse
+
+
+def _chunk_size(value: Any) -> int:
+    number = _bounded_int(4096, 4 * 1024 * 1024)(value)
+    if number & (number - 1):
+        raise ValueError("a power of two from 4096 to 4194304 (page-aligned chunks need one)")
+    return number
+
+
+def _non_negative_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("a number of seconds, 0 or more")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError("a number of seconds, 0 or more") from None
+    if number < 0 or number != number:
+        raise ValueError("a number of seconds, 0 or more")
+    return number
+
+
+def _path(value: Any) -> Path:
+    if not isinstance(value, (str, os.PathLike)) or not str(value):
+        raise ValueError("a directory path")
+    return Path(value)
+
+
+PARSERS: dict[str, Callable[[Any], Any]] = {
+    "root": _path,
+    "repository": _path,
+    "include": _as_tuple_of_strings,
+    "exclude": _as_tuple_of_strings,
+    "compression_level": _bounded_int(0, 22),
+    "chunk_size": _chunk_size,
+    "keep_last": _bounded_int(1, 1_000_000),
+    "quick_check_above": _bounded_int(0, 2**62),
+    "lock_wait": _non_negative_float,
+}
+
+
+def settings_from_mapping(values: Mapping[str, Any], *, root: Path | None = None, ignore: frozenset[str] = frozenset()) -> Settings:
+    """Validate ``values`` into Settings; raises ConfigError listing every problem.
+
+    Relative ``repository`` paths are taken from the project root. Keys in
+    ``ignore`` belong to other parts of dbkeep and are passed over here.
+    """
+    problems: list[str] = []
+    parsed: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in ignore:
+            continue
+        parser = PARSERS.get(key)
+        if parser is None:
+            allowed = ", ".join(sorted(PARSERS))
+            problems.append(f"unknown setting backup.{key}; known settings are: {allowed}")
+            continue
+        try:
+            parsed[key] = parser(value)
+        except ValueError as error:
+            problems.append(f"backup.{key} = {value!r} is not allowed: expected {error}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    project_root = Path(parsed.pop("root", root or Path.cwd())).resolve()
+    repository = parsed.pop("repository", Path(DEFAULT_REPOSITORY))
+    if not repository.is_absolute():
+        repository = project_root / repository
+    known = {field.name for field in fields(Settings)}
+    return Settings(root=project_root, repository=Path(os.path.abspath(repository)), **{k: v for k, v in parsed.items() if k in known})
+
+
+def config_defaults() -> dict[str, Any]:
+    """Defaults as Invoke config, so ``INVOKE_BACKUP_<KEY>`` can override each key."""
+    return {
+        "repository": DEFAULT_REPOSITORY,
+        "include": list(DEFAULT_INCLUDE),
+        "exclude": [],
+        "compression_level": DEFAULT_COMPRESSION_LEVEL,
+        "chunk_size": DEFAULT_CHUNK_SIZE,
+        "keep_last": DEFAULT_KEEP_LAST,
+        "quick_check_above": GIB,
+        "lock_wait": DEFAULT_LOCK_WAIT,
+    }
+
+
+def load_settings(root: Path | None = None, **overrides: Any) -> Settings:
+    """Settings for a project the way the CLI sees them, for library callers.
+
+    Reads the project's ``invoke.yaml`` (key ``backup``) and ``INVOKE_BACKUP_*``
+    environment variables through Invoke's own config loader, then ``overrides``.
+    """
+    from invoke import Config
+
+    project_root = Path(root or Path.cwd()).resolve()
+    config = Config(defaults={"backup": config_defaults()}, project_location=str(project_root), lazy=True)
+    config.load_project()
+    config.load_shell_env()
+    section = config.get("backup", {}) or {}
+    values = to_plain(section)
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    return settings_from_mapping(values, root=project_root, ignore=frozenset(EXTERNAL_SECTIONS))
+
+
+#: Sub-sections of ``backup:`` owned by other parts of dbkeep (routines, notifications).
+EXTERNAL_SECTIONS = ("retention", "notify", "maintenance", "databases", "report")
+
+
+def to_plain(value: Any) -> Any:
+    """Invoke's DataProxy is not a Mapping: turn config sections into plain dicts."""
+    if hasattr(value, "items"):
+        return {key: to_plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [to_plain(item) for item in value]
+    return value
