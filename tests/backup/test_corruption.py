@@ -1,0 +1,153 @@
+"""Damage is detected, named, and never restored."""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from backup import VerificationFailed, create_backup, restore_backup, verify_backup
+from backup.errors import BackupError
+from backup.repository import open_local
+from tests.dbhelpers import file_state, make_database
+
+
+def _packs(settings) -> list[Path]:
+    return sorted(path for path in (settings.repository / "packs").rglob("*") if path.is_file())
+
+
+@pytest.fixture
+def two_snapshots(tmp_path, make_settings):
+    """Snapshot 1 of app.db alone (its own pack), snapshot 2 adds other.db (a second pack)."""
+    root = tmp_path / "project"
+    make_database(root / "app.db", rows=3000)
+    settings = make_settings(root)
+    first = create_backup(settings)
+    first_packs = set(_packs(settings))
+    make_database(root / "other.db", rows=3000, seed=9)
+    second = create_backup(settings)
+    second_only = [path for path in _packs(settings) if path not in first_packs]
+    assert len(second_only) == 1
+    return settings, first.snapshot, second.snapshot, second_only[0]
+
+
+def _flip_bit(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def test_flipped_bit_in_pack_is_named_by_read_data_verify(two_snapshots):
+    settings, first, second, pack = two_snapshots
+    _flip_bit(pack, 100)
+
+    report = verify_backup(settings, read_data=True)
+
+    assert not report.ok
+    assert report.affected_snapshots == [second.id]
+    kinds = {problem.kind for problem in report.problems}
+    assert "pack-hash" in kinds
+    hit = [problem for problem in report.problems if problem.snapshot_id == second.id]
+    assert hit and all(problem.path == "other.db" for problem in hit)
+    assert any(problem.chunk_id for problem in hit)
+
+
+def test_truncated_pack_is_found_by_structure_check_alone(two_snapshots):
+    settings, first, second, pack = two_snapshots
+    pack.write_bytes(pack.read_bytes()[: pack.stat().st_size // 2])
+
+    report = verify_backup(settings)
+
+    assert report.affected_snapshots == [second.id]
+    assert any("wrong size" in problem.message for problem in report.problems)
+
+
+def test_deleted_pack_is_named_with_affected_snapshot_and_file(two_snapshots):
+    settings, first, second, pack = two_snapshots
+    pack.unlink()
+
+    report = verify_backup(settings)
+
+    assert report.affected_snapshots == [second.id]
+    assert any(problem.path == "other.db" and "missing" in problem.message for problem in report.problems)
+
+
+def test_damaged_manifest_is_reported_as_corrupt(two_snapshots):
+    settings, first, second, pack = two_snapshots
+    manifest = settings.repository / "snapshots" / f"{first.id}.json"
+    manifest.write_bytes(manifest.read_bytes().replace(b'"size": ', b'"size": 1', 1))
+
+    report = verify_backup(settings)
+
+    assert [problem.kind for problem in report.problems] == ["corrupt-manifest"]
+    assert report.problems[0].snapshot_id == first.id
+
+
+def test_damaged_index_is_reported_and_rebuild_from_packs_recovers(two_snapshots):
+    settings, first, second, pack = two_snapshots
+    for index_file in (settings.repository / "index").iterdir():
+        _flip_bit(index_file, 20)
+
+    damaged = verify_backup(settings)
+    assert any(problem.kind == "corrupt-index" for problem in damaged.problems)
+
+    packs, problems = open_local(settings.repository).rebuild_index()
+
+    assert (packs, problems) == (2, [])
+    assert verify_backup(settings, read_data=True).ok
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
+def test_restore_of_damaged_snapshot_refuses_and_leaves_live_database_untouched(two_snapshots, damage):
+    settings, first, second, pack = two_snapshots
+    live = settings.root / "other.db"
+    with closing(sqlite3.connect(live)) as connection:
+        connection.execute("DELETE FROM events WHERE id > 5")
+        connection.commit()
+    before = file_state(live)
+    if damage == "flip":
+        _flip_bit(pack, 100)
+    elif damage == "truncate":
+        pack.write_bytes(pack.read_bytes()[: pack.stat().st_size // 2])
+    else:
+        pack.unlink()
+
+    with pytest.raises(BackupError):
+        restore_backup(settings, second.id, force=True)
+
+    assert file_state(live) == before
+    assert not list(settings.root.glob(".dbkeep-tmp-*"))
+
+
+def test_unaffected_snapshot_still_restores_after_damage_elsewhere(two_snapshots, tmp_path):
+    settings, first, second, pack = two_snapshots
+    pack.unlink()
+
+    restore_backup(settings, first.id, target=tmp_path / "out")
+
+    assert (tmp_path / "out" / "app.db").exists()
+
+
+def test_verification_failure_carries_every_problem(two_snapshots):
+    settings, first, second, pack = two_snapshots
+    _flip_bit(pack, 100)
+
+    with pytest.raises(VerificationFailed) as raised:
+        restore_backup(settings, second.id, only=["other.db"], force=True)
+
+    assert raised.value.problems
+    assert "nothing was changed" in str(raised.value)
+
+
+def test_pack_missing_only_its_header_still_restores_hash_checked_data_but_fails_verify(two_snapshots, tmp_path):
+    """Chunk bytes are checked against their SHA-256 on every read, so intact frames are
+    safe to restore even when the pack's tail is gone; verify still reports the pack."""
+    settings, first, second, pack = two_snapshots
+    pack.write_bytes(pack.read_bytes()[:-200])
+
+    assert not verify_backup(settings).ok
+    restore_backup(settings, second.id, target=tmp_path / "out")
+
+    assert (tmp_path / "out" / "other.db").exists()

@@ -1,0 +1,34 @@
+"""Shared fixtures: real projects with real SQLite databases in tmp_path."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from backup.settings import Settings, settings_from_mapping
+from tests.dbhelpers import make_database
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    root = tmp_path / "project"
+    make_database(root / "app.db")
+    make_database(root / "data" / "analytics.sqlite", rows=500, journal_mode="delete", seed=2)
+    (root / "data" / "notes.db").write_bytes(b"not sqlite, a plain file\n" * 100)
+    (root / "README.txt").write_text("not selected\n")
+    return root
+
+
+@pytest.fixture
+def make_settings() -> Callable[..., Settings]:
+    def build(root: Path, **values: object) -> Settings:
+        return settings_from_mapping({"lock_wait": 0, **values}, root=root)
+
+    return build
+
+
+@pytest.fixture
+def settings(project: Path, make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings(project)
