@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import os
 import sqlite3
+import time
 import urllib.parse
 from pathlib import Path
 
@@ -21,6 +22,27 @@ from ..errors import SourceError
 from ..manifest import SQLiteInfo
 
 BUSY_TIMEOUT_SECONDS = 30.0
+#: How long a backup step may keep finding the database locked before giving up.
+LOCKED_DEADLINE_SECONDS = 300.0
+_BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+class _StillLocked(Exception):
+    """Raised from the progress callback to stop Python's endless retry on SQLITE_BUSY."""
+
+
+def _give_up_after(seconds: float):
+    """A backup progress callback that aborts once the database stayed locked too long.
+
+    sqlite3.Connection.backup retries SQLITE_BUSY forever; this bounds it.
+    """
+    deadline = time.monotonic() + seconds
+
+    def progress(status: int, remaining: int, total: int) -> None:
+        if status in _BUSY_CODES and time.monotonic() > deadline:
+            raise _StillLocked(f"the database stayed locked for more than {seconds:.0f} s")
+
+    return progress
 
 
 def _read_only_uri(path: Path, *, private: bool) -> str:
@@ -51,9 +73,9 @@ def capture_sqlite(path: Path, scratch_directory: Path, *, quick_check_above: in
                 copy.execute("PRAGMA synchronous=OFF")
                 # One step (pages=-1) holds a single read transaction for the whole
                 # copy: that is what makes it a consistent snapshot.
-                source.backup(copy, pages=-1)
+                source.backup(copy, pages=-1, progress=_give_up_after(LOCKED_DEADLINE_SECONDS))
         info = describe_sqlite(copy_path, journal_mode=journal_mode, quick_check_above=quick_check_above)
-    except sqlite3.Error as error:
+    except (sqlite3.Error, _StillLocked) as error:
         with contextlib.suppress(OSError):
             os.unlink(copy_path)
         raise SourceError(f"cannot back up SQLite database {path}: {error}") from error
@@ -145,15 +167,29 @@ def restore_sqlite_into(live_path: Path, verified_copy: Path) -> None:
         with contextlib.closing(_connect_read_only(verified_copy, private=True)) as source, contextlib.closing(
             sqlite3.connect(live_path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
         ) as live:
-            source.backup(live, pages=-1)
+            _refuse_wal_page_size_change(live, source, live_path)
+            source.backup(live, pages=-1, progress=_give_up_after(LOCKED_DEADLINE_SECONDS))
             results = [str(row[0]) for row in live.execute("PRAGMA quick_check")]
-    except sqlite3.Error as error:
+    except (sqlite3.Error, _StillLocked) as error:
         raise SourceError(
             f"cannot write into live database {live_path}: {error}; the live database is unchanged "
             "(if it is busy, stop the application and retry)"
         ) from error
     if results != ["ok"]:
         raise SourceError(f"live database {live_path} fails quick_check after restore: {'; '.join(results[:5])}")
+
+
+def _refuse_wal_page_size_change(live: sqlite3.Connection, source: sqlite3.Connection, live_path: Path) -> None:
+    """SQLite cannot change the page size of a database in WAL mode in place: say so clearly."""
+    live_mode = str(live.execute("PRAGMA journal_mode").fetchone()[0])
+    live_page = int(live.execute("PRAGMA page_size").fetchone()[0])
+    source_page = int(source.execute("PRAGMA page_size").fetchone()[0])
+    if live_mode == "wal" and live_page != source_page:
+        raise SourceError(
+            f"cannot restore into {live_path}: it is in WAL mode with page size {live_page} and the snapshot has "
+            f"page size {source_page}, which SQLite cannot change in place; the live database is unchanged. "
+            "Stop the application and run PRAGMA journal_mode=DELETE on it, or restore with --target and move the file into place"
+        )
 
 
 def logical_dump_digest(path: Path) -> str:

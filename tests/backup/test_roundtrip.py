@@ -104,3 +104,28 @@ def test_every_snapshot_verifies_with_read_data_after_several_backups(settings, 
     assert report.ok, report.problems
     assert report.snapshots_checked == 3
     assert report.files_checked == 9
+
+
+def test_restore_into_wal_database_with_other_page_size_refuses_clearly_and_changes_nothing(tmp_path, make_settings):
+    import sqlite3
+    from contextlib import closing
+
+    from backup.errors import SourceError
+    from tests.dbhelpers import file_state
+
+    root = tmp_path / "project"
+    database = make_database(root / "app.db", rows=100)
+    settings = make_settings(root)
+    report = create_backup(settings)
+    database.unlink()
+    with closing(sqlite3.connect(database)) as connection:
+        connection.execute("PRAGMA page_size=8192")
+        connection.execute("PRAGMA journal_mode=wal")
+        connection.execute("CREATE TABLE other(x)")
+        connection.commit()
+    before = file_state(database)
+
+    with pytest.raises(SourceError, match="page size"):
+        restore_backup(settings, report.snapshot.id, force=True)
+
+    assert file_state(database) == before
