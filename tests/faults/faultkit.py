@@ -158,18 +158,21 @@ def all_crash_points(sequence: Iterable[tuple[str, str]]) -> list[str]:
 
 
 def distinct_state_crash_points(sequence: Iterable[tuple[str, str]]) -> list[str]:
-    """The crash points that leave distinct on-disk states under SIGKILL.
+    """The crash points that leave distinct kinds of on-disk state under SIGKILL.
 
     A SIGKILL keeps everything already handed to the kernel, so the state a
     crash leaves changes only after an operation that changes what is on disk;
-    crashing just before the operation that follows each of those reaches
-    every distinct state (the final one is the completed run).
+    crashing just before the operation that follows each of those reaches every
+    such state (the final one is the completed run). Inside a run of writes to
+    one temp file only the first and the last are kept: the ones between differ
+    only in how much of the same unpublished temp file exists.
     """
-    steps = list(sequence)
+    steps = [tuple(step) for step in sequence]
     points = all_crash_points(steps)
     chosen = [points[0]] if points else []
     for position, (op, _target) in enumerate(steps[:-1]):
-        if op in MUTATING_OPS:
+        inside_write_run = op == "write" and steps[position - 1][0] == "write" and steps[position + 1][0] == "write"
+        if op in MUTATING_OPS and not inside_write_run:
             chosen.append(points[position + 1])
     return list(dict.fromkeys(chosen))
 
@@ -291,13 +294,20 @@ def settle(path: Path) -> None:
 
 
 def database_digest(path: Path) -> str:
-    settle(path)
-    return logical_dump_digest(path)
+    """The logical dump's SHA-256, or a text saying why the database cannot be read."""
+    try:
+        settle(path)
+        return logical_dump_digest(path)
+    except sqlite3.Error as error:
+        return f"unreadable database: {error}"
 
 
 def integrity(path: Path) -> str:
-    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as connection:
-        return "; ".join(str(row[0]) for row in connection.execute("PRAGMA integrity_check"))
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as connection:
+            return "; ".join(str(row[0]) for row in connection.execute("PRAGMA integrity_check"))
+    except sqlite3.Error as error:
+        return f"cannot check: {error}"
 
 
 def file_digest(path: Path) -> str:
@@ -349,6 +359,20 @@ def temp_leftovers(*directories: Path) -> list[str]:
 
 def sidecars(path: Path) -> list[str]:
     return [f"{path}{suffix}" for suffix in ("-wal", "-journal") if Path(f"{path}{suffix}").exists()]
+
+
+def settled_sidecars(path: Path) -> list[str]:
+    """Sidecars still beside a database after its next user opened and closed it.
+
+    A read-write close checkpoints and removes the WAL and a rolled-back journal
+    is deleted, so anything left is stale. (Read-only connections leave an empty
+    ``-wal``/``-shm`` behind on purpose; they are not opened here.)
+    """
+    try:
+        settle(path)
+    except sqlite3.Error as error:
+        return [f"{path} cannot be opened: {error}"]
+    return sidecars(path)
 
 
 def open_repository(project: Project) -> Repository:
@@ -420,6 +444,47 @@ def driver() -> Iterator[Driver]:
         yield instance
     finally:
         instance.close()
+
+
+@dataclass(slots=True)
+class Campaign:
+    """The outcome of many fault trials of one scenario."""
+
+    trials: int = 0
+    faults: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    def finish(self, scenario: str) -> None:
+        tally(scenario, trials=self.trials, faults=self.faults, failures=len(self.failures))
+        assert not self.failures, f"{len(self.failures)} of {self.trials} trials failed:\n" + "\n".join(self.failures)
+
+
+def crash_campaign(driver: Driver, directory: Path, template: Project, op_spec, check, *, points=(), delays=(), label=str) -> Campaign:
+    """Run ``op_spec(project)`` on a fresh copy of ``template`` once per crash point and delay.
+
+    ``check(project, scratch, outcome)`` returns the problems found after the
+    trial; a trial that hit a bug (exit 3) is a failure by itself.
+    """
+    campaign = Campaign()
+    trials = [({"DBKEEP_CRASH_AT": point}, None, point) for point in points] + [(None, delay, f"kill after {delay:.4f}s") for delay in delays]
+    for number, (fault, delay, what) in enumerate(trials):
+        trial_directory = directory / f"trial-{number}"
+        trial_directory.mkdir()
+        project = template.copy_to(trial_directory)
+        scratch = trial_directory / "scratch"
+        scratch.mkdir()
+        outcome = driver.run(op_spec(project), fault=fault, kill_after=delay)
+        campaign.trials += 1
+        campaign.faults += outcome["status"] == "killed"
+        if outcome["status"] == "exited" and outcome["code"] == 3:
+            problems = [f"the operation hit a bug: {outcome['output']}"]
+        else:
+            problems = check(project, scratch, outcome)
+        if problems:
+            campaign.failures.append(f"{label(what)}: {problems}")
+        else:
+            shutil.rmtree(trial_directory, ignore_errors=True)
+    return campaign
 
 
 def tally(scenario: str, *, trials: int, faults: int, failures: int = 0) -> None:
