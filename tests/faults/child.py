@@ -32,6 +32,7 @@ from pathlib import Path
 import backup
 from backup import fsio, locking
 from backup.storage import LocalStorage
+from faultkit import RecordingPlan  # this file's folder is sys.path[0]
 
 
 def _settings(spec: dict) -> backup.Settings:
@@ -169,18 +170,6 @@ def run(spec: dict) -> tuple[int, dict]:
         traceback.print_exc()
         return 3, {"ok": False, "error": type(error).__name__, "message": str(error), "bug": True}
     return 0, {"ok": True, "result": result}
-
-
-class RecordingPlan(fsio.FaultPlan):
-    """A fault plan that also records every seam operation, in order."""
-
-    def __init__(self, base: fsio.FaultPlan) -> None:
-        super().__init__(**{name: getattr(base, name) for name in fsio.FaultPlan.__dataclass_fields__})
-        self.sequence: list[tuple[str, str]] = []
-
-    def before(self, op: str, target: str = "") -> None:
-        self.sequence.append((op, target))
-        super().before(op, target)
 
 
 def _fork_one(request: dict) -> dict:

@@ -58,6 +58,19 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return environment
 
 
+class RecordingPlan(fsio.FaultPlan):
+    """A fault plan that also records every seam operation and its target, in order."""
+
+    def __init__(self, base: fsio.FaultPlan | None = None) -> None:
+        base = base or fsio.FaultPlan()
+        super().__init__(**{name: getattr(base, name) for name in fsio.FaultPlan.__dataclass_fields__})
+        self.sequence: list[tuple[str, str]] = []
+
+    def before(self, op: str, target: str = "") -> None:
+        self.sequence.append((op, target))
+        super().before(op, target)
+
+
 # -- children --------------------------------------------------------------------------
 
 
