@@ -47,7 +47,7 @@ from .sources import (
     select_files,
 )
 from .sources.plainfile import move_aside_sidecars
-from .storage import LocalStorage
+from .storage import LocalStorage, describe_os_error
 from .verification import Problem, VerifyReport, verify_repository
 
 READ_PIECE = 1024 * 1024
@@ -161,7 +161,10 @@ def _create_locked(
     started = time.monotonic()
     moment = now or _utc_now()
     scratch = settings.scratch_directory
-    fsio.make_private_dirs(scratch)
+    try:
+        fsio.make_private_dirs(scratch)
+    except OSError as error:
+        raise describe_os_error("create", scratch, error) from error
     repository.remove_stale_temps()
     writer = repository.writer()
     entries: list[FileEntry] = []

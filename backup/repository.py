@@ -41,7 +41,7 @@ from .errors import (
 )
 from .manifest import Snapshot, check_snapshot_id, seal, unseal
 from .pack import Frame, PackEntry, check_id
-from .storage import LocalStorage, Storage
+from .storage import LocalStorage, Storage, describe_os_error
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
@@ -185,7 +185,10 @@ class Repository:
         )
         for folder in FOLDERS:
             if isinstance(storage, LocalStorage):
-                fsio.make_private_dirs(storage.root / folder)
+                try:
+                    fsio.make_private_dirs(storage.root / folder)
+                except OSError as error:
+                    raise describe_os_error("create", storage.root / folder, error) from error
         try:
             storage.put(CONFIG_NAME, [seal(config.to_body(), kind="config")], exclusive=True)
         except FileExistsError:
