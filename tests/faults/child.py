@@ -149,7 +149,27 @@ def op_sqlite_writer(spec: dict) -> dict:
     return {"rows": rows}
 
 
+def op_inspect(spec: dict) -> dict:
+    """What a test must know about a repository it cannot see (inside another mount namespace)."""
+    import faultkit
+    from backup.repository import Repository
+    from backup.verification import verify_repository
+
+    repository_path = Path(spec["settings"]["repository"])
+    state: dict = {"snapshots": [], "problems": []}
+    if (repository_path / "config.json").exists():
+        repository = Repository.open(LocalStorage(repository_path))
+        state["snapshots"] = repository.snapshot_ids()
+        report = verify_repository(repository, read_data=True)
+        state["problems"] = [problem.message for problem in report.problems]
+    state["temps"] = faultkit.temp_leftovers(*[Path(path) for path in spec.get("temp_dirs", [])])
+    state["fingerprints"] = {path: list(faultkit.fingerprint(Path(path))) for path in spec.get("files", []) if Path(path).exists()}
+    state["missing"] = [path for path in spec.get("files", []) if not Path(path).exists()]
+    return state
+
+
 OPERATIONS = {
+    "inspect": op_inspect,
     "create": op_create,
     "restore": op_restore,
     "clean": op_clean,

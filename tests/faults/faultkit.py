@@ -346,6 +346,11 @@ def fingerprints(paths: Iterable[Path]) -> dict[str, tuple[str, int]]:
     return {str(path): fingerprint(path) for path in paths}
 
 
+def live_fingerprints(project: Project) -> dict[str, tuple[str, int]]:
+    """SHA-256 and mtime of every live file of the project, by relative path."""
+    return {relative: fingerprint(project.live(relative)) for relative in project.paths}
+
+
 def tree_state(directory: Path) -> dict[str, tuple[str, str]]:
     """Every entry below ``directory``: kind and content hash (files), target (links)."""
     state: dict[str, tuple[str, str]] = {}
@@ -497,6 +502,107 @@ def crash_campaign(driver: Driver, directory: Path, template: Project, op_spec, 
             campaign.failures.append(f"{label(what)}: {problems}")
         else:
             shutil.rmtree(trial_directory, ignore_errors=True)
+    return campaign
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FaultTrial:
+    """One run of an operation with an errno injected at the n-th ``op``."""
+
+    op: str
+    at: int
+    errno_name: str
+    persistent: bool
+    outcome: dict
+
+    @property
+    def output(self) -> dict:
+        return self.outcome.get("output") or {}
+
+    @property
+    def succeeded(self) -> bool:
+        return completed(self.outcome)
+
+    @property
+    def error(self) -> str | None:
+        return self.output.get("error")
+
+    @property
+    def sequence(self) -> list[tuple[str, str]]:
+        return [tuple(step) for step in self.output.get("sequence", [])]
+
+    def describe(self) -> str:
+        return f"{self.errno_name} at {self.op} #{self.at}{' and after' if self.persistent else ''}"
+
+    def after_fault(self) -> list[tuple[str, str]]:
+        """The seam operations the process performed after the injected failure."""
+        seen = 0
+        for position, (op, _target) in enumerate(self.sequence):
+            if op == self.op:
+                seen += 1
+                if seen == self.at:
+                    return self.sequence[position + 1 :]
+        return []
+
+
+def representative_positions(sequence: Iterable[tuple[str, str]], op: str) -> list[int]:
+    """Positions (1-based counts) of ``op`` worth a fault each in the default run.
+
+    Every position, except inside a run of writes to one temp file, where only
+    the first and the last are kept: the ones between fail the same file the
+    same way.
+    """
+    steps = [tuple(step) for step in sequence]
+    positions = []
+    count = 0
+    for index, (name, _target) in enumerate(steps):
+        if name != op:
+            continue
+        count += 1
+        inside_run = op == "write" and 0 < index < len(steps) - 1 and steps[index - 1][0] == "write" and steps[index + 1][0] == "write"
+        if not inside_run:
+            positions.append(count)
+    return positions
+
+
+def fault_sweep(driver: Driver, directory: Path, template: Project, op_spec, check, *, ops, errno_name: str, persistent: bool, every: bool = True) -> Campaign:
+    """Fail the n-th ``op`` for every position n the operation reaches, for each op.
+
+    SQLite's own method (test/ioerr): every position gets its fault. A recorded
+    run without faults tells which positions exist; with ``every=False`` runs of
+    writes to one file are represented by their first and last write. Each trial
+    runs on a fresh copy of ``template`` in a forked process, so a lock it could
+    not release belongs to a dead process, as in real life.
+    ``check(project, scratch, trial)`` returns the problems found.
+    """
+    calibration_directory = directory / "calibration"
+    calibration_directory.mkdir()
+    calibration = driver.run(op_spec(template.copy_to(calibration_directory)), record=True)
+    assert completed(calibration), calibration
+    sequence = [tuple(step) for step in calibration["output"]["sequence"]]
+    campaign = Campaign()
+    for op in ops:
+        total = sum(name == op for name, _target in sequence)
+        positions = list(range(1, total + 1)) if every else representative_positions(sequence, op)
+        for at in positions:
+            trial_directory = directory / f"{op}-{at}-{'persistent' if persistent else 'once'}"
+            trial_directory.mkdir()
+            project = template.copy_to(trial_directory)
+            scratch = trial_directory / "scratch"
+            scratch.mkdir()
+            fault = f"{op}:{errno_name}:{at}" + (":persistent" if persistent else "")
+            outcome = driver.run(op_spec(project), fault={"DBKEEP_FAULT": fault}, record=True)
+            trial = FaultTrial(op=op, at=at, errno_name=errno_name, persistent=persistent, outcome=outcome)
+            campaign.trials += 1
+            campaign.faults += trial.output.get("counts", {}).get(op, 0) >= at
+            if outcome["status"] != "exited" or outcome["code"] == 3:
+                problems = [f"the operation hit a bug or died: {outcome}"]
+            else:
+                problems = check(project, scratch, trial)
+            if problems:
+                campaign.failures.append(f"{trial.describe()}: {problems}")
+            else:
+                shutil.rmtree(trial_directory, ignore_errors=True)
     return campaign
 
 

@@ -38,7 +38,7 @@ def check_after_crash(project: Project, scratch: Path, *, pending: dict[str, str
     if (project.repository / "config.json").exists():
         problems += faultkit.read_data_problems(project)
     lock_left = (project.repository / "locks" / "exclusive").exists()
-    if faultkit.fingerprints(project.live(path) for path in project.paths) != live_before:
+    if faultkit.live_fingerprints(project) != live_before:
         problems.append("a live file changed during the backup")
     import backup
 
@@ -58,7 +58,7 @@ def check_after_crash(project: Project, scratch: Path, *, pending: dict[str, str
 def _trial(driver, template: Project, pending: dict[str, str], directory: Path, *, fault: dict | None = None, kill_after: float | None = None) -> tuple[dict, list[str]]:
     directory.mkdir()
     project = template.copy_to(directory)
-    live_before = faultkit.fingerprints(project.live(path) for path in project.paths)
+    live_before = faultkit.live_fingerprints(project)
     outcome = driver.run(project.spec("create"), fault=fault, kill_after=kill_after)
     if outcome["status"] == "exited" and outcome["code"] == 3:
         return outcome, [f"the backup hit a bug: {outcome['output']}"]
@@ -130,7 +130,7 @@ def test_crash_oracle_fails_when_a_manifest_names_data_that_was_never_stored(dri
     """Negative control: a snapshot whose pack is missing is caught by the same oracle."""
     template, pending = _prepare(tmp_path, incremental=True)
     project = template.copy_to(tmp_path / "trial")
-    live_before = faultkit.fingerprints(project.live(path) for path in project.paths)
+    live_before = faultkit.live_fingerprints(project)
     outcome = driver.run(project.spec("create"))
     assert faultkit.completed(outcome)
     index = faultkit.open_repository(project).index()
@@ -146,7 +146,7 @@ def test_crash_oracle_fails_when_a_live_file_changes_or_a_temp_file_stays(tmp_pa
     """Negative control: the untouched-live-file and no-temp-file checks can fail."""
     template, pending = _prepare(tmp_path, incremental=True)
     project = template.copy_to(tmp_path / "trial")
-    live_before = faultkit.fingerprints(project.live(path) for path in project.paths)
+    live_before = faultkit.live_fingerprints(project)
     faultkit.change_project(project, seed=7)
     (project.repository / "elsewhere").mkdir()
     (project.repository / "elsewhere" / ".dbkeep-tmp-negative").write_bytes(b"x")  # outside what a run cleans
