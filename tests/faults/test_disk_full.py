@@ -26,85 +26,20 @@ import pytest
 
 import backup
 import faultkit
+import sweeps
 from faultkit import FaultTrial, Project
 
 SPACE_OPS = ("create_temp", "write", "fsync", "close", "link", "replace", "mkdir")
-#: Seam operations of restore that only happen before any live file is touched.
-BEFORE_APPLY_OPS = {"create_temp", "write", "fsync", "close", "link", "mkdir"}
-
-
-def _clear_error(trial: FaultTrial) -> list[str]:
-    if trial.succeeded:
-        return []
-    if trial.error is None:
-        return [f"failed without an error record: {trial.outcome}"]
-    message = str(trial.output.get("message", ""))
-    if trial.errno_name != "ENOSPC" or trial.error == "NoSpace":
-        return []
-    # Renaming a restored file into place is the one step whose ENOSPC comes back
-    # as "cannot put restored file in place ...: No space left on device".
-    if trial.op == "replace" and ("ENOSPC" in message or "no space left" in message.lower()):
-        return []
-    return [f"a full disk was reported as {trial.error}: {message}"]
-    return []
-
-
-def create_checker(*, pending: dict[str, str], live_before: dict, errno_name: str = "ENOSPC"):
-    """The checks after a backup that hit an injected errno."""
-
-    def check(project: Project, scratch: Path, trial: FaultTrial) -> list[str]:
-        problems = _clear_error(trial)
-        new = [snapshot_id for snapshot_id in _ids(project) if snapshot_id not in project.expected]
-        if new and not trial.succeeded:
-            problems.append(f"a failed backup left snapshot {new}")
-        leftovers = faultkit.temp_leftovers(project.root)
-        if leftovers and not (trial.persistent and trial.op == "unlink"):
-            problems.append(f"temp files left after the failure: {leftovers}")
-        if faultkit.live_fingerprints(project) != live_before:
-            problems.append("a live file changed")
-        if (project.repository / "config.json").exists():
-            problems += faultkit.read_data_problems(project)
-        problems += _next_backup_problems(project, scratch, pending)
-        return problems
-
-    return check
-
-
-def _ids(project: Project) -> list[str]:
-    if not (project.repository / "config.json").exists():
-        return []
-    return faultkit.snapshot_ids(project)
-
-
-def _next_backup_problems(project: Project, scratch: Path, pending: dict[str, str]) -> list[str]:
-    try:
-        report = backup.create_backup(project.settings)
-    except backup.BackupError as error:
-        return [f"the next backup failed: {type(error).__name__}: {error}"]
-    project.expected[report.snapshot.id] = pending
-    problems = [f"temp file left after the next run: {path}" for path in faultkit.temp_leftovers(project.repository)]
-    problems += faultkit.read_data_problems(project)
-    problems += faultkit.snapshots_restore_problems(project, scratch, pending=pending)
-    return problems
-
-
-def _create_template(tmp_path: Path, *, incremental: bool) -> tuple[Project, dict[str, str], dict]:
-    project = faultkit.build_project(tmp_path / "template", rows=80, plain_bytes=6000)
-    if incremental:
-        project.backup()
-        faultkit.change_project(project, seed=21)
-    live = faultkit.live_fingerprints(project)
-    return project, faultkit.source_digests(project), live
 
 
 def _create_sweep(driver, tmp_path: Path, *, incremental: bool, persistent: bool, every: bool) -> None:
-    template, pending, live = _create_template(tmp_path, incremental=incremental)
+    template, pending, live = sweeps.create_template(tmp_path, incremental=incremental)
     campaign = faultkit.fault_sweep(
         driver,
         tmp_path,
         template,
         lambda project: project.spec("create"),
-        create_checker(pending=pending, live_before=live),
+        sweeps.create_checker(pending=pending, live_before=live),
         ops=SPACE_OPS,
         errno_name="ENOSPC",
         persistent=persistent,
@@ -126,58 +61,14 @@ def test_no_space_at_every_position_of_create_in_every_mode_fails_clearly(driver
     _create_sweep(driver, tmp_path, incremental=incremental, persistent=persistent, every=True)
 
 
-def restore_checker(*, target_id: str, restored: dict[str, str], live: dict[str, str], live_before: dict):
-    """The checks after a restore over the live project that hit an injected errno."""
-
-    def check(project: Project, scratch: Path, trial: FaultTrial) -> list[str]:
-        problems = _clear_error(trial)
-        now = faultkit.live_fingerprints(project)
-        if not trial.succeeded and trial.op in BEFORE_APPLY_OPS and now != live_before:
-            problems.append(f"the live files changed although the restore failed before writing ({trial.op})")
-        changed = []
-        for relative in project.paths:
-            digest = faultkit.content_digest(project.live(relative), database=relative in project.databases)
-            if digest not in (live[relative], restored[relative]):
-                problems.append(f"live {relative} is neither old nor new")
-            if digest != live[relative]:
-                changed.append(relative)
-        safety = [snapshot_id for snapshot_id in _ids(project) if snapshot_id not in project.expected]
-        if changed and not safety:
-            problems.append(f"{changed} changed without a safety snapshot")
-        leftovers = faultkit.temp_leftovers(project.root)
-        if leftovers and not (trial.persistent and trial.op == "unlink"):
-            problems.append(f"temp files left after the failure: {leftovers}")
-        problems += faultkit.read_data_problems(project)
-        problems += faultkit.snapshots_restore_problems(project, scratch, pending=live)
-        try:
-            backup.restore_backup(project.settings, target_id, force=True)
-        except backup.BackupError as error:
-            return problems + [f"the restore after the fault failed: {type(error).__name__}: {error}"]
-        for relative in project.paths:
-            if faultkit.content_digest(project.live(relative), database=relative in project.databases) != restored[relative]:
-                problems.append(f"after the second restore {relative} does not hold the snapshot")
-        problems += [f"temp file left after the second restore: {path}" for path in faultkit.temp_leftovers(project.root)]
-        return problems
-
-    return check
-
-
-def restore_template(tmp_path: Path) -> tuple[Project, str, dict[str, str], dict[str, str], dict]:
-    project = faultkit.build_project(tmp_path / "template", rows=80, plain_bytes=6000)
-    target_id = project.backup()
-    faultkit.change_project(project, seed=22)
-    live_before = faultkit.live_fingerprints(project)
-    return project, target_id, project.expected[target_id], faultkit.source_digests(project), live_before
-
-
 def _restore_sweep(driver, tmp_path: Path, *, persistent: bool, every: bool) -> None:
-    template, target_id, restored, live, live_before = restore_template(tmp_path)
+    template, target_id, restored, live, live_before = sweeps.restore_template(tmp_path)
     campaign = faultkit.fault_sweep(
         driver,
         tmp_path,
         template,
         lambda project: project.spec("restore", snapshot=target_id, force=True),
-        restore_checker(target_id=target_id, restored=restored, live=live, live_before=live_before),
+        sweeps.restore_checker(target_id=target_id, restored=restored, live=live, live_before=live_before),
         ops=SPACE_OPS,
         errno_name="ENOSPC",
         persistent=persistent,
@@ -198,7 +89,7 @@ def test_no_space_at_every_position_of_restore_keeps_the_live_files(driver, tmp_
 
 def test_disk_full_oracle_fails_on_a_backup_that_left_a_temp_file_and_a_changed_database(driver, tmp_path: Path) -> None:
     """Negative control: the same checks flag leftovers, a changed live file and a bad error."""
-    template, pending, live = _create_template(tmp_path, incremental=True)
+    template, pending, live = sweeps.create_template(tmp_path, incremental=True)
     project = template.copy_to(tmp_path / "trial")
     outcome = driver.run(project.spec("create"), fault={"DBKEEP_FAULT": "write:EIO:1"}, record=True)
     trial = FaultTrial(op="write", at=1, errno_name="ENOSPC", persistent=False, outcome=outcome)
@@ -207,7 +98,7 @@ def test_disk_full_oracle_fails_on_a_backup_that_left_a_temp_file_and_a_changed_
     faultkit.change_project(project, seed=99)
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    problems = create_checker(pending=pending, live_before=live)(project, scratch, trial)
+    problems = sweeps.create_checker(pending=pending, live_before=live)(project, scratch, trial)
     assert any("reported as StorageError" in problem for problem in problems), problems
     assert any("temp files left" in problem for problem in problems), problems
     assert "a live file changed" in problems
