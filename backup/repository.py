@@ -269,9 +269,11 @@ class Repository:
         """Remove temp files killed writers left behind; call only under the exclusive lock."""
         if not isinstance(self.storage, LocalStorage):
             return 0
-        return sum(self.storage.remove_stale_temps(folder) for folder in (*FOLDERS, "tmp") if self.storage.exists(folder)) + (
-            fsio.remove_stale_temps(self.storage.root)
-        )
+        removed = sum(self.storage.remove_stale_temps(folder) for folder in (*FOLDERS, "tmp") if self.storage.exists(folder))
+        try:
+            return removed + fsio.remove_stale_temps(self.storage.root)
+        except OSError as error:
+            raise describe_os_error("clean temporary files in", self.storage.root, error) from error
 
     # -- writing chunks -------------------------------------------------------------
 
