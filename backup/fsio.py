@@ -197,12 +197,16 @@ def write_file_atomically(path: Path, pieces: Iterable[bytes], *, exclusive: boo
     link, when ``exclusive`` and the name must not already exist), then fsync the
     directory. On any error the temp file is removed and nothing is published:
     after a failed fsync the data is never published (a retried fsync can report
-    success for pages the kernel already dropped). Returns the bytes written.
-    Raises FileExistsError when ``exclusive`` and ``path`` exists.
+    success for pages the kernel already dropped), and an ``exclusive`` name that
+    was linked but whose directory fsync (or temp removal) failed is taken back,
+    so a caller that sees the error never leaves a published file behind. (A
+    ``replace`` cannot be taken back: the old content is gone.) Returns the bytes
+    written. Raises FileExistsError when ``exclusive`` and ``path`` exists.
     """
     directory = path.parent
     descriptor, temp_path = create_temp(directory)
     size = 0
+    linked = False
     try:
         try:
             for piece in pieces:
@@ -213,14 +217,18 @@ def write_file_atomically(path: Path, pieces: Iterable[bytes], *, exclusive: boo
             close(descriptor)
         if exclusive:
             link(temp_path, path)
+            linked = True
             unlink(temp_path)
         else:
             replace(temp_path, path)
+        fsync_dir(directory)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temp_path)
+        if linked:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
         raise
-    fsync_dir(directory)
     return size
 
 

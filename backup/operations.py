@@ -8,6 +8,7 @@ docs/format.md. Returns report records; never prints, never maps exit codes.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import secrets
@@ -24,6 +25,7 @@ from . import fsio, locking
 from .errors import (
     BackupError,
     CorruptData,
+    NoSpace,
     RestoreRefused,
     SourceError,
     StorageError,
@@ -47,7 +49,7 @@ from .sources import (
     select_files,
 )
 from .sources.plainfile import move_aside_sidecars
-from .storage import LocalStorage
+from .storage import LocalStorage, describe_os_error
 from .verification import Problem, VerifyReport, verify_repository
 
 READ_PIECE = 1024 * 1024
@@ -161,7 +163,10 @@ def _create_locked(
     started = time.monotonic()
     moment = now or _utc_now()
     scratch = settings.scratch_directory
-    fsio.make_private_dirs(scratch)
+    try:
+        fsio.make_private_dirs(scratch)
+    except OSError as error:
+        raise describe_os_error("create", scratch, error) from error
     repository.remove_stale_temps()
     writer = repository.writer()
     entries: list[FileEntry] = []
@@ -421,7 +426,14 @@ def _prepare_directories(plan: RestorePlan) -> None:
             directory.mkdir(parents=True, exist_ok=True)
             fsio.remove_stale_temps(directory)
         except OSError as error:
-            raise SourceError(f"cannot write into {directory}: {error.strerror or error}; check that the directory is writable") from error
+            raise _target_error(directory, error) from error
+
+
+def _target_error(directory: Path, error: OSError) -> BackupError:
+    """Why a restore cannot write into ``directory`` (before any live file is touched)."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return NoSpace(f"cannot write into {directory}: no space left on device; free some space and run again (nothing was changed)")
+    return SourceError(f"cannot write into {directory}: {error.strerror or error}; check that the directory is writable")
 
 
 def _materialise(repository: Repository, item: RestoreItem) -> Path:
@@ -430,7 +442,7 @@ def _materialise(repository: Repository, item: RestoreItem) -> Path:
     try:
         descriptor, temp = fsio.create_temp(directory)
     except OSError as error:
-        raise SourceError(f"cannot write into {directory}: {error.strerror or error}; check that the directory is writable") from error
+        raise _target_error(directory, error) from error
     problems: list[Problem] = []
     try:
         digest = hashlib.sha256()
@@ -453,9 +465,7 @@ def _materialise(repository: Repository, item: RestoreItem) -> Path:
     except OSError as error:
         with contextlib.suppress(OSError):
             os.unlink(temp)
-        from .storage import describe_os_error
-
-        raise describe_os_error("write", temp, error) from error
+        raise _target_error(directory, error) from error
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temp)

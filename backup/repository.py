@@ -41,7 +41,7 @@ from .errors import (
 )
 from .manifest import Snapshot, check_snapshot_id, seal, unseal
 from .pack import Frame, PackEntry, check_id
-from .storage import LocalStorage, Storage
+from .storage import LocalStorage, Storage, describe_os_error
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
@@ -185,7 +185,10 @@ class Repository:
         )
         for folder in FOLDERS:
             if isinstance(storage, LocalStorage):
-                fsio.make_private_dirs(storage.root / folder)
+                try:
+                    fsio.make_private_dirs(storage.root / folder)
+                except OSError as error:
+                    raise describe_os_error("create", storage.root / folder, error) from error
         try:
             storage.put(CONFIG_NAME, [seal(config.to_body(), kind="config")], exclusive=True)
         except FileExistsError:
@@ -266,9 +269,11 @@ class Repository:
         """Remove temp files killed writers left behind; call only under the exclusive lock."""
         if not isinstance(self.storage, LocalStorage):
             return 0
-        return sum(self.storage.remove_stale_temps(folder) for folder in (*FOLDERS, "tmp") if self.storage.exists(folder)) + (
-            fsio.remove_stale_temps(self.storage.root)
-        )
+        removed = sum(self.storage.remove_stale_temps(folder) for folder in (*FOLDERS, "tmp") if self.storage.exists(folder))
+        try:
+            return removed + fsio.remove_stale_temps(self.storage.root)
+        except OSError as error:
+            raise describe_os_error("clean temporary files in", self.storage.root, error) from error
 
     # -- writing chunks -------------------------------------------------------------
 

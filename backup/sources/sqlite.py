@@ -10,6 +10,7 @@ coherent.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import sqlite3
@@ -18,13 +19,13 @@ import urllib.parse
 from pathlib import Path
 
 from .. import fsio
-from ..errors import SourceError
+from ..errors import NoSpace, SourceError
 from ..manifest import SQLiteInfo
 
 BUSY_TIMEOUT_SECONDS = 30.0
 #: How long a backup step may keep finding the database locked before giving up.
 LOCKED_DEADLINE_SECONDS = 300.0
-_BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+_BUSY_CODES = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED (named in sqlite3 only from Python 3.11)
 
 
 class _StillLocked(Exception):
@@ -43,6 +44,9 @@ def _give_up_after(seconds: float):
             raise _StillLocked(f"the database stayed locked for more than {seconds:.0f} s")
 
     return progress
+
+
+SQLITE_FULL = 13  # "database or disk is full" (sqlite3.SQLITE_FULL from Python 3.11 on)
 
 
 def _read_only_uri(path: Path, *, private: bool) -> str:
@@ -64,8 +68,11 @@ def capture_sqlite(path: Path, scratch_directory: Path, *, quick_check_above: in
     file the caller removes) and what was found in it.
     Raises SourceError if the database cannot be read.
     """
-    descriptor, copy_path = fsio.create_temp(scratch_directory)
-    os.close(descriptor)
+    try:
+        descriptor, copy_path = fsio.create_temp(scratch_directory)
+        os.close(descriptor)
+    except OSError as error:
+        raise _scratch_error(path, scratch_directory, error.errno, error.strerror or str(error)) from error
     try:
         with contextlib.closing(_connect_read_only(path)) as source:
             journal_mode = str(source.execute("PRAGMA journal_mode").fetchone()[0])
@@ -78,6 +85,9 @@ def capture_sqlite(path: Path, scratch_directory: Path, *, quick_check_above: in
     except (sqlite3.Error, _StillLocked) as error:
         with contextlib.suppress(OSError):
             os.unlink(copy_path)
+        _remove_sidecars(copy_path)
+        if getattr(error, "sqlite_errorcode", None) == SQLITE_FULL:
+            raise _scratch_error(path, scratch_directory, errno.ENOSPC, str(error)) from error
         raise SourceError(f"cannot back up SQLite database {path}: {error}") from error
     except BaseException:
         with contextlib.suppress(OSError):
@@ -85,6 +95,13 @@ def capture_sqlite(path: Path, scratch_directory: Path, *, quick_check_above: in
         raise
     _remove_sidecars(copy_path)
     return copy_path, info
+
+
+def _scratch_error(path: Path, scratch_directory: Path, number: int | None, reason: str) -> SourceError | NoSpace:
+    """The error for a capture copy that cannot be written into the scratch space."""
+    if number in (errno.ENOSPC, errno.EDQUOT):
+        return NoSpace(f"cannot copy {path} into {scratch_directory}: no space left on device; free some space and run again")
+    return SourceError(f"cannot copy {path} into {scratch_directory}: {reason}")
 
 
 def _remove_sidecars(path: Path) -> None:
