@@ -13,7 +13,7 @@ import os
 import secrets
 import stat
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -311,6 +311,48 @@ def verify_backup(settings: Settings, snapshot: str | None = None, *, read_data:
         if snapshot is not None:
             ids = [resolve_snapshot(snapshot, repository.snapshot_ids(), now=now or _utc_now())]
         return verify_repository(repository, snapshot_ids=ids, read_data=read_data)
+
+
+def verify_selected(
+    settings: Settings,
+    *,
+    snapshot_ids: Sequence[str],
+    pack_ids: Collection[str] | None = None,
+    read_data: bool = True,
+) -> SelectedVerification:
+    """Verify exactly these snapshots and re-hash exactly these packs.
+
+    ``pack_ids`` None means the packs holding the snapshots' chunks. Returns the
+    report and the packs that were checked (for the verification ledger). Takes a
+    shared lock; strictly read-only.
+    """
+    repository = open_repository(settings)
+    with locking.acquire(repository.storage, exclusive=False, purpose="verify", wait=settings.lock_wait):
+        packs = set(pack_ids) if pack_ids is not None else packs_of(repository, snapshot_ids)
+        packs &= set(repository.index(reload=True).pack_sizes)
+        report = verify_repository(repository, snapshot_ids=list(snapshot_ids), read_data=read_data, pack_ids=packs)
+    return SelectedVerification(report=report, pack_ids=tuple(sorted(packs)))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SelectedVerification:
+    report: VerifyReport
+    pack_ids: tuple[str, ...]
+
+
+def packs_of(repository: Repository, snapshot_ids: Sequence[str]) -> set[str]:
+    """Packs holding any chunk of the snapshots; unreadable parts are skipped (verify reports them)."""
+    index = repository.index()
+    packs: set[str] = set()
+    for snapshot_id in snapshot_ids:
+        try:
+            snapshot = repository.load_snapshot(snapshot_id)
+            for entry in snapshot.files:
+                for chunk_id in [*entry.chunk_lists, *repository.chunk_ids_of(entry.chunk_lists)]:
+                    packs.update(location.pack_id for location in index.all_locations(chunk_id))
+        except (CorruptData, StorageError):
+            continue
+    return packs
 
 
 # -- restore -------------------------------------------------------------------------
