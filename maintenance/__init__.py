@@ -2,5 +2,33 @@
 
 Owns: the daily, weekly and monthly routines, the selftest, notifications and the
 verification rotation. Composes the ``backup`` library's functions; holds policy,
-not mechanism. Returns report records; never prints (the tasks module renders).
+not mechanism. Returns report records; never prints (``maintenance.tasks`` renders).
+
+    from maintenance import load_routine_config, run_daily
+    report = run_daily(load_routine_config())
+    assert report.ok, report.log_lines()
 """
+
+from .config import EmailSettings, MaintenanceSettings, NotifySettings, RoutineConfig, load_routine_config, routine_config_from_mapping
+from .notify import Delivery, notify
+from .report import RoutineReport, Step
+from .routines import run_daily, run_monthly, run_weekly
+from .selftest import SelftestReport, run_selftest
+
+__all__ = [
+    "Delivery",
+    "EmailSettings",
+    "MaintenanceSettings",
+    "NotifySettings",
+    "RoutineConfig",
+    "RoutineReport",
+    "SelftestReport",
+    "Step",
+    "load_routine_config",
+    "notify",
+    "routine_config_from_mapping",
+    "run_daily",
+    "run_monthly",
+    "run_selftest",
+    "run_weekly",
+]
