@@ -13,7 +13,6 @@ from .config import EmailSettings, MaintenanceSettings, NotifySettings, RoutineC
 from .notify import Delivery, notify
 from .report import RoutineReport, Step
 from .routines import run_daily, run_monthly, run_weekly
-from .selftest import SelftestReport, run_selftest
 
 __all__ = [
     "Delivery",
@@ -32,3 +31,13 @@ __all__ = [
     "run_selftest",
     "run_weekly",
 ]
+
+
+def __getattr__(name: str):
+    # The selftest (and the sample data it generates) loads only when asked for, so
+    # ``python -m maintenance.sampledata`` runs without importing itself twice.
+    if name in ("SelftestReport", "run_selftest"):
+        from . import selftest
+
+        return getattr(selftest, name)
+    raise AttributeError(f"module 'maintenance' has no attribute {name!r}")
