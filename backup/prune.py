@@ -19,12 +19,13 @@ period are left alone: a writer that lost its lock may still be about to index t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from . import fsio, locking
-from .errors import BackupError, CorruptData, StorageError
+from .errors import BackupError, ConfigError, CorruptData, StorageError
 from .pack import PackEntry, check_id
 from .repository import Repository, pack_name
 from .storage import ObjectInfo
@@ -48,6 +49,31 @@ class PruneOptions:
 
     repack_below: float = DEFAULT_REPACK_BELOW
     grace: timedelta = DEFAULT_GRACE
+
+    @classmethod
+    def from_maintenance_section(cls, section: Mapping[str, Any]) -> PruneOptions:
+        """Read ``repack_below`` and ``grace_minutes`` from the ``backup.maintenance`` section.
+
+        Other keys of that section belong to the routines and are passed over.
+        Raises ConfigError naming each bad value.
+        """
+        values: dict[str, Any] = {}
+        problems: list[str] = []
+        for key, name, low, high in (("repack_below", "repack_below", 0.0, 1.0), ("grace_minutes", "grace", 0.0, 1e9)):
+            if key not in section:
+                continue
+            raw = section[key]
+            try:
+                number = float(raw) if not isinstance(raw, bool) else float("nan")
+            except (TypeError, ValueError):
+                number = float("nan")
+            if not low <= number <= high:
+                problems.append(f"backup.maintenance.{key} = {raw!r} is not allowed: expected a number from {low:g} to {high:g}")
+                continue
+            values[name] = timedelta(minutes=number) if name == "grace" else number
+        if problems:
+            raise ConfigError("; ".join(problems))
+        return cls(**values)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.repack_below <= 1.0:

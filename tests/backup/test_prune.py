@@ -239,3 +239,14 @@ def test_prune_killed_at_each_step_leaves_a_verifiable_repository_and_a_rerun_co
     assert (again.removed, again.packs_removed, again.packs_repacked) == ((), 0, 0), report
     restore_backup(settings, "latest", target=tmp_path / "out")
     assert logical_dump_digest(tmp_path / "out" / "data" / "app.db") == expected
+
+
+def test_prune_options_come_from_the_maintenance_section_and_bad_values_are_named():
+    from backup.errors import ConfigError
+
+    options = PruneOptions.from_maintenance_section({"repack_below": 0.25, "grace_minutes": 5, "verify_weeks": 4})
+    assert options == PruneOptions(repack_below=0.25, grace=timedelta(minutes=5))
+    assert PruneOptions.from_maintenance_section({}) == PruneOptions()
+    with pytest.raises(ConfigError) as raised:
+        PruneOptions.from_maintenance_section({"repack_below": 2, "grace_minutes": "soon"})
+    assert "backup.maintenance.repack_below = 2" in str(raised.value) and "grace_minutes = 'soon'" in str(raised.value)
