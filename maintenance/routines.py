@@ -21,7 +21,7 @@ import hashlib
 import math
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -104,9 +104,15 @@ def _failures(report: VerifyReport, snapshot_ids: Sequence[str], pack_ids: Seque
 def _verify_and_record(config: RoutineConfig, snapshot_ids: Sequence[str], pack_ids: Sequence[str] | None, *, now: datetime) -> tuple[VerifyReport, tuple[str, ...], Ledger]:
     selected = verify_selected(config.settings, snapshot_ids=snapshot_ids, pack_ids=pack_ids, read_data=True)
     snapshots, packs = _failures(selected.report, snapshot_ids, selected.pack_ids)
-    storage = open_repository(config.settings).storage
-    ledger = update_ledger(storage, lambda ledger: ledger.recording(at=now, snapshots=snapshots, packs=packs))
+    ledger = record(config, lambda ledger: ledger.recording(at=now, snapshots=snapshots, packs=packs))
     return selected.report, selected.pack_ids, ledger
+
+
+def record(config: RoutineConfig, change: Callable[[Ledger], Ledger]) -> Ledger:
+    """Update the ledger under a shared lock, so no writer sweeps its temp file meanwhile."""
+    storage = open_repository(config.settings).storage
+    with locking.acquire(storage, exclusive=False, purpose="record verification", wait=config.settings.lock_wait):
+        return update_ledger(storage, change)
 
 
 def _problem_summary(report: VerifyReport) -> str:
@@ -237,7 +243,7 @@ def run_weekly(config: RoutineConfig, *, now: datetime | None = None) -> Routine
         due_snapshots = choose_rotation(snapshot_ids, ledger.snapshots, now=moment, weeks=weeks)
         due_packs = choose_rotation(pack_ids, ledger.packs, now=moment, weeks=weeks)
         report, checked_packs, ledger = _verify_and_record(config, due_snapshots, due_packs, now=moment)
-        ledger = update_ledger(repository.storage, lambda current: current.keeping_only(snapshot_ids=snapshot_ids, pack_ids=pack_ids))
+        ledger = record(config, lambda current: current.keeping_only(snapshot_ids=snapshot_ids, pack_ids=pack_ids))
         percent, oldest, oldest_when = coverage(snapshot_ids, ledger, now=moment, weeks=weeks)
         details = {
             "verified_snapshots": due_snapshots,
