@@ -47,6 +47,8 @@ from .operations import (
     verify_backup,
 )
 from .provenance import TOOL_VERSION as __version__
+from .prune import PruneOptions, PruneRefused
+from .retention import PolicyRefused, RetentionPolicy, apply_policy
 from .settings import Settings, load_settings, settings_from_mapping
 from .verification import Problem, VerifyReport
 
@@ -64,12 +66,16 @@ __all__ = [
     "FileEntry",
     "LockLost",
     "NoSpace",
+    "PolicyRefused",
     "Problem",
+    "PruneOptions",
+    "PruneRefused",
     "RepositoryLocked",
     "RepositoryNotFound",
     "RestorePlan",
     "RestoreRefused",
     "RestoreReport",
+    "RetentionPolicy",
     "SQLiteInfo",
     "Settings",
     "Snapshot",
@@ -81,6 +87,7 @@ __all__ = [
     "VerificationFailed",
     "VerifyReport",
     "__version__",
+    "apply_policy",
     "clean_old_backups",
     "create_backup",
     "create_safety_backup",

@@ -14,7 +14,7 @@ import os
 import secrets
 import stat
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,11 +32,14 @@ from .errors import (
     UsageError,
     VerificationFailed,
 )
+from .ledger import load_ledger
 from .lookup import resolve_snapshot
 from .manifest import FileEntry, Snapshot, SnapshotStats
 from .pack import chunk_id_of
 from .provenance import TOOL_VERSION, git_info, host_name, user_name
+from .prune import PruneOptions
 from .repository import Repository
+from .retention import Decision, RetentionPolicy, apply_policy
 from .settings import Settings
 from .sources import (
     SelectedFile,
@@ -315,6 +318,48 @@ def verify_backup(settings: Settings, snapshot: str | None = None, *, read_data:
         return verify_repository(repository, snapshot_ids=ids, read_data=read_data)
 
 
+def verify_selected(
+    settings: Settings,
+    *,
+    snapshot_ids: Sequence[str],
+    pack_ids: Collection[str] | None = None,
+    read_data: bool = True,
+) -> SelectedVerification:
+    """Verify exactly these snapshots and re-hash exactly these packs.
+
+    ``pack_ids`` None means the packs holding the snapshots' chunks. Returns the
+    report and the packs that were checked (for the verification ledger). Takes a
+    shared lock; strictly read-only.
+    """
+    repository = open_repository(settings)
+    with locking.acquire(repository.storage, exclusive=False, purpose="verify", wait=settings.lock_wait):
+        packs = set(pack_ids) if pack_ids is not None else packs_of(repository, snapshot_ids)
+        packs &= set(repository.index(reload=True).pack_sizes)
+        report = verify_repository(repository, snapshot_ids=list(snapshot_ids), read_data=read_data, pack_ids=packs)
+    return SelectedVerification(report=report, pack_ids=tuple(sorted(packs)))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SelectedVerification:
+    report: VerifyReport
+    pack_ids: tuple[str, ...]
+
+
+def packs_of(repository: Repository, snapshot_ids: Sequence[str]) -> set[str]:
+    """Packs holding any chunk of the snapshots; unreadable parts are skipped (verify reports them)."""
+    index = repository.index()
+    packs: set[str] = set()
+    for snapshot_id in snapshot_ids:
+        try:
+            snapshot = repository.load_snapshot(snapshot_id)
+            for entry in snapshot.files:
+                for chunk_id in [*entry.chunk_lists, *repository.chunk_ids_of(entry.chunk_lists)]:
+                    packs.update(location.pack_id for location in index.all_locations(chunk_id))
+        except (CorruptData, StorageError):
+            continue
+    return packs
+
+
 # -- restore -------------------------------------------------------------------------
 
 
@@ -533,31 +578,68 @@ class CleanReport:
     bytes_freed: int = 0
     dry_run: bool = False
     warnings: tuple[str, ...] = ()
+    #: Every snapshot with the rules that keep it (empty reasons: removed).
+    decisions: tuple[Decision, ...] = ()
+    policy: RetentionPolicy | None = None
+    held: str | None = None
+    packs_repacked: int = 0
+    bytes_written: int = 0
 
 
-def clean_old_backups(settings: Settings, *, keep_last: int | None = None, dry_run: bool = False) -> CleanReport:
-    """Keep the newest ``keep_last`` snapshots, remove the rest, prune unreferenced data.
+def clean_old_backups(
+    settings: Settings,
+    *,
+    keep_last: int | None = None,
+    policy: RetentionPolicy | None = None,
+    dry_run: bool = False,
+    prune: PruneOptions | None = None,
+    now: datetime | None = None,
+) -> CleanReport:
+    """Apply a retention policy, remove the snapshots it drops, prune unreferenced data.
 
-    Aborts and deletes nothing if any listing or read fails, or if a kept
-    snapshot needs data that is already missing.
+    ``policy`` defaults to keeping the newest ``keep_last`` (or settings.keep_last)
+    snapshots; ``keep_last`` given with a policy overrides that rule. The
+    verification ledger feeds the guards (newest verified kept; nothing removed
+    while the newest failed verification). Aborts and deletes nothing if any
+    listing or read fails, or if a kept snapshot needs data already missing.
+    Raises PolicyRefused if the policy would remove every snapshot.
     """
-    keep = settings.keep_last if keep_last is None else keep_last
-    if keep < 1:
-        raise UsageError("keep must be at least 1: removing every snapshot is refused")
+    if policy is None:
+        keep = settings.keep_last if keep_last is None else keep_last
+        if keep < 1:
+            raise UsageError("keep must be at least 1: removing every snapshot is refused")
+        policy = RetentionPolicy(keep_last=keep)
+    elif keep_last is not None:
+        policy = policy.with_overrides(keep_last=keep_last)
+    moment = now or _utc_now()
     repository = open_repository(settings)
     with locking.acquire(repository.storage, exclusive=True, purpose="clean", wait=settings.lock_wait) as lock:
-        ids = repository.snapshot_ids()
-        kept, removed = ids[-keep:], ids[:-keep]
-        from .prune import prune_repository
+        from .prune import PruneRefused, prune_repository
 
-        result = prune_repository(repository, lock, keep_ids=kept, remove_ids=removed, dry_run=dry_run)
+        snapshots = []
+        for snapshot_id in repository.snapshot_ids():
+            try:
+                snapshots.append(repository.load_snapshot(snapshot_id))
+            except CorruptData as error:
+                raise PruneRefused(f"prune refused, nothing was deleted: snapshot {snapshot_id} cannot be read ({error}); run backup.verify") from error
+        try:
+            ledger = load_ledger(repository.storage)
+        except CorruptData as error:
+            raise PruneRefused(f"prune refused, nothing was deleted: {error}") from error
+        plan = apply_policy(snapshots, policy, now=moment, verification=ledger.outcomes())
+        result = prune_repository(repository, lock, keep_ids=plan.keep, remove_ids=plan.remove, dry_run=dry_run, options=prune, now=moment)
     return CleanReport(
-        kept=tuple(kept),
-        removed=tuple(removed),
+        kept=plan.keep,
+        removed=plan.remove,
         packs_removed=result.packs_removed,
         bytes_freed=result.bytes_freed,
         dry_run=dry_run,
-        warnings=tuple(lock.broken) + tuple(result.warnings),
+        warnings=tuple(lock.broken) + ((plan.held,) if plan.held else ()) + tuple(result.warnings),
+        decisions=plan.decisions,
+        policy=policy,
+        held=plan.held,
+        packs_repacked=result.packs_repacked,
+        bytes_written=result.bytes_written,
     )
 
 

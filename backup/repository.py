@@ -277,8 +277,9 @@ class Repository:
 
     # -- writing chunks -------------------------------------------------------------
 
-    def writer(self) -> ChunkWriter:
-        return ChunkWriter(self)
+    def writer(self, *, ignore_packs: Iterable[str] = ()) -> ChunkWriter:
+        """A chunk writer; chunks only found in ``ignore_packs`` count as absent (repack)."""
+        return ChunkWriter(self, ignore_packs=ignore_packs)
 
     # -- reading chunks -------------------------------------------------------------
 
@@ -371,13 +372,16 @@ class ChunkWriter:
     the index durable; only then may a manifest name these chunks.
     """
 
-    def __init__(self, repository: Repository) -> None:
+    def __init__(self, repository: Repository, *, ignore_packs: Iterable[str] = ()) -> None:
         self.repository = repository
         self.index = repository.index()
         # A chunk counts as stored only if its pack is present at the indexed size,
         # so a lost or truncated pack is written again rather than referenced.
         present = {info.name.rsplit("/", 1)[-1]: info.size for info in repository.storage.list("packs")}
         self._usable_packs = {pack_id for pack_id, size in self.index.pack_sizes.items() if present.get(pack_id) == size}
+        self._usable_packs -= set(ignore_packs)
+        #: Every pack this writer published, with its entries (prune's repack needs them).
+        self.packs_written: dict[str, tuple[int, list[PackEntry]]] = {}
         config = repository.config
         self._compressor = (
             zstandard.ZstdCompressor(level=config.compression_level, write_content_size=True)
@@ -449,6 +453,7 @@ class ChunkWriter:
             size = sum(len(piece) for piece in pieces)
         entries = packformat.header_entries(self._frames)
         self._written[pack_id] = (size, entries)
+        self.packs_written[pack_id] = (size, entries)
         self.index.add_pack(pack_id, size, entries)
         self._usable_packs.add(pack_id)
         self.stored_bytes += size
