@@ -231,11 +231,13 @@ def prune_repository(
             packs_in_grace=len(plan.young),
             warnings=tuple(plan.warnings),
         )
-    # Listed before anything changes: a listing failure must abort with nothing deleted.
-    old_index_files = [info.name for info in repository.storage.list("index")]
     lock.ensure_held()
     written = _repack(repository, plan) if plan.repack else {}
     fsio.reached("after_repack")
+    # Listed after the repack (which only adds) and before anything is deleted: a
+    # listing failure aborts with nothing deleted, and the repack's own index file
+    # is replaced by the fresh index like every other.
+    old_index_files = [info.name for info in repository.storage.list("index")]
     lock.ensure_held()
     for snapshot_id in remove_ids:
         repository.delete_snapshot(snapshot_id)
@@ -245,8 +247,13 @@ def prune_repository(
     for name in old_index_files:
         if name != new_index:
             repository.storage.delete(name)
+    # A repack can write a pack whose bytes, and so whose name, equal a leftover of an
+    # interrupted earlier prune that was planned as dead: never delete what the new
+    # index references.
+    indexed_now = set(plan.keep) | set(written)
     for pack_id in [*plan.dead, *plan.repack]:
-        repository.storage.delete(pack_name(pack_id))
+        if pack_id not in indexed_now:
+            repository.storage.delete(pack_name(pack_id))
     warnings = list(plan.warnings)
     try:
         repository.remove_stale_temps()

@@ -129,12 +129,17 @@ class Index:
         return chunk_id in self.locations
 
 
+def _pack_order(entry: PackEntry) -> tuple[int, int, str]:
+    """Entries in the order they sit in the pack, so equal indexes have equal bytes."""
+    return (entry.frame_offset, entry.offset_in_frame, entry.chunk_id)
+
+
 def encode_index(packs: dict[str, tuple[int, list[PackEntry]]]) -> bytes:
     body = {
         "format": "dbkeep-index",
         "version": FORMAT_VERSION,
         "packs": [
-            {"id": pack_id, "size": size, "chunks": [entry.to_row() for entry in entries]}
+            {"id": pack_id, "size": size, "chunks": [entry.to_row() for entry in sorted(entries, key=_pack_order)]}
             for pack_id, (size, entries) in sorted(packs.items())
         ],
     }

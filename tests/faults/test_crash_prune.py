@@ -11,12 +11,14 @@ exactly the state an uninterrupted clean leaves (same manifests, packs, index).
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 import random
 from pathlib import Path
 
 import pytest
 
 import backup
+from backup.prune import PruneOptions
 import faultkit
 from faultkit import Project
 
@@ -36,9 +38,14 @@ def _durable_state(project: Project) -> dict:
     return {folder: faultkit.tree_state(project.repository / folder) for folder in ("snapshots", "packs", "index")}
 
 
+# Once the grace period has passed, a clean that was killed and run again must end in
+# the same state as one that was never interrupted; grace=0 stands for "later".
+AFTER_GRACE = PruneOptions(grace=timedelta(0))
+
+
 def _reference(template: Project, directory: Path) -> dict:
     project = template.copy_to(directory)
-    backup.clean_old_backups(project.settings, keep_last=1)
+    backup.clean_old_backups(project.settings, keep_last=1, prune=AFTER_GRACE)
     return _durable_state(project)
 
 
@@ -47,7 +54,7 @@ def _checker(reference: dict):
         problems = faultkit.read_data_problems(project)
         problems += faultkit.snapshots_restore_problems(project, scratch)
         try:
-            backup.clean_old_backups(project.settings, keep_last=1)
+            backup.clean_old_backups(project.settings, keep_last=1, prune=AFTER_GRACE)
         except backup.BackupError as error:
             return problems + [f"clean after the crash failed: {type(error).__name__}: {error}"]
         if _durable_state(project) != reference:
