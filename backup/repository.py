@@ -272,8 +272,9 @@ class Repository:
 
     # -- writing chunks -------------------------------------------------------------
 
-    def writer(self) -> ChunkWriter:
-        return ChunkWriter(self)
+    def writer(self, *, compression_level: int | None = None) -> ChunkWriter:
+        """A writer compressing at ``compression_level`` (0: store raw), default the repository's."""
+        return ChunkWriter(self, compression_level=compression_level)
 
     # -- reading chunks -------------------------------------------------------------
 
@@ -366,7 +367,7 @@ class ChunkWriter:
     the index durable; only then may a manifest name these chunks.
     """
 
-    def __init__(self, repository: Repository) -> None:
+    def __init__(self, repository: Repository, *, compression_level: int | None = None) -> None:
         self.repository = repository
         self.index = repository.index()
         # A chunk counts as stored only if its pack is present at the indexed size,
@@ -374,11 +375,10 @@ class ChunkWriter:
         present = {info.name.rsplit("/", 1)[-1]: info.size for info in repository.storage.list("packs")}
         self._usable_packs = {pack_id for pack_id, size in self.index.pack_sizes.items() if present.get(pack_id) == size}
         config = repository.config
-        self._compressor = (
-            zstandard.ZstdCompressor(level=config.compression_level, write_content_size=True)
-            if config.compression == "zstd"
-            else None
-        )
+        if compression_level is None:
+            compression_level = config.compression_level if config.compression == "zstd" else 0
+        # Each frame records its own compression, so one repository can hold both.
+        self._compressor = zstandard.ZstdCompressor(level=compression_level, write_content_size=True) if compression_level > 0 else None
         self._pending: list[tuple[str, bytes]] = []
         self._pending_bytes = 0
         self._pending_ids: set[str] = set()

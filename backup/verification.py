@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from . import pack as packformat
+from . import progress
 from .errors import CorruptData, StorageError
 from .manifest import Snapshot
 from .repository import Repository, pack_name
@@ -65,6 +66,8 @@ def verify_repository(repository: Repository, *, snapshot_ids: Sequence[str] | N
             snapshots.append(repository.load_snapshot(snapshot_id))
         except CorruptData as error:
             report.problems.append(Problem(kind="corrupt-manifest", message=str(error), snapshot_id=snapshot_id))
+    if read_data:
+        progress.begin("verify", sum(index.pack_sizes.values()) + sum(entry.size for snapshot in snapshots for entry in snapshot.files))
     bad_packs = _check_packs(repository, present, report) if read_data else {}
     chunk_status: dict[str, str | None] = {}
     for snapshot in snapshots:
@@ -96,6 +99,7 @@ def _check_packs(repository: Repository, present: dict[str, int], report: Verify
             bad[pack_id] = f"pack {pack_id} cannot be read: {error}"
             continue
         report.bytes_read += len(data)
+        progress.advance(len(data))
         if hashlib.sha256(data).hexdigest() != pack_id:
             # Not fatal for the whole pack: the file check below re-hashes every chunk
             # and names exactly the ones that were hit.
@@ -169,6 +173,7 @@ def _check_file(repository, snapshot, entry, present, bad_packs, chunk_status, r
             return
         digest.update(data)
         size += len(data)
+        progress.advance(len(data))
     if size != entry.size or digest.hexdigest() != entry.sha256:
         problem("file-hash", f"file bytes do not match the recorded SHA-256 {entry.sha256}")
 
