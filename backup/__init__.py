@@ -29,6 +29,8 @@ from .errors import (
     UsageError,
     VerificationFailed,
 )
+from .export import ExportReport, export_snapshot
+from .inspection import Comparison, FileComparison, SizeReport, compare_snapshot, list_snapshots, repository_size
 from .manifest import FileEntry, Snapshot, SQLiteInfo
 from .operations import (
     BackupReport,
@@ -47,7 +49,9 @@ from .operations import (
     verify_backup,
 )
 from .provenance import TOOL_VERSION as __version__
+from .sample import SampleReport, create_sample_project
 from .settings import Settings, load_settings, settings_from_mapping
+from .unlocking import UnlockReport, unlock_repository
 from .verification import Problem, VerifyReport
 
 __all__ = [
@@ -55,12 +59,15 @@ __all__ = [
     "BackupError",
     "BackupReport",
     "CleanReport",
+    "Comparison",
     "ConfigError",
     "CorruptChunk",
     "CorruptData",
     "CorruptIndex",
     "CorruptManifest",
     "CorruptPack",
+    "ExportReport",
+    "FileComparison",
     "FileEntry",
     "LockLost",
     "NoSpace",
@@ -71,25 +78,34 @@ __all__ = [
     "RestoreRefused",
     "RestoreReport",
     "SQLiteInfo",
+    "SampleReport",
     "Settings",
+    "SizeReport",
     "Snapshot",
     "SnapshotListing",
     "SnapshotNotFound",
     "SourceError",
     "StorageError",
+    "UnlockReport",
     "UsageError",
     "VerificationFailed",
     "VerifyReport",
     "__version__",
     "clean_old_backups",
+    "compare_snapshot",
     "create_backup",
     "create_safety_backup",
+    "create_sample_project",
+    "export_snapshot",
     "find_snapshot",
     "guard",
     "list_backups",
+    "list_snapshots",
     "load_settings",
     "plan_restore",
+    "repository_size",
     "restore_backup",
     "settings_from_mapping",
+    "unlock_repository",
     "verify_backup",
 ]
