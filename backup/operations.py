@@ -165,7 +165,8 @@ def _create_locked(
     scratch = settings.scratch_directory
     fsio.make_private_dirs(scratch)
     repository.remove_stale_temps()
-    writer = repository.writer(compression_level=settings.compression_level)
+    writer = repository.writer()
+    writer.set_compression_level(settings.compression_level)
     entries: list[FileEntry] = []
     stats = _Counter()
     progress.begin("safety snapshot" if tag == "safety" else "backup", sum(_size_or_zero(item.path) for item in selected))

@@ -272,9 +272,8 @@ class Repository:
 
     # -- writing chunks -------------------------------------------------------------
 
-    def writer(self, *, compression_level: int | None = None) -> ChunkWriter:
-        """A writer compressing at ``compression_level`` (0: store raw), default the repository's."""
-        return ChunkWriter(self, compression_level=compression_level)
+    def writer(self) -> ChunkWriter:
+        return ChunkWriter(self)
 
     # -- reading chunks -------------------------------------------------------------
 
@@ -367,7 +366,7 @@ class ChunkWriter:
     the index durable; only then may a manifest name these chunks.
     """
 
-    def __init__(self, repository: Repository, *, compression_level: int | None = None) -> None:
+    def __init__(self, repository: Repository) -> None:
         self.repository = repository
         self.index = repository.index()
         # A chunk counts as stored only if its pack is present at the indexed size,
@@ -375,10 +374,11 @@ class ChunkWriter:
         present = {info.name.rsplit("/", 1)[-1]: info.size for info in repository.storage.list("packs")}
         self._usable_packs = {pack_id for pack_id, size in self.index.pack_sizes.items() if present.get(pack_id) == size}
         config = repository.config
-        if compression_level is None:
-            compression_level = config.compression_level if config.compression == "zstd" else 0
-        # Each frame records its own compression, so one repository can hold both.
-        self._compressor = zstandard.ZstdCompressor(level=compression_level, write_content_size=True) if compression_level > 0 else None
+        self._compressor = (
+            zstandard.ZstdCompressor(level=config.compression_level, write_content_size=True)
+            if config.compression == "zstd"
+            else None
+        )
         self._pending: list[tuple[str, bytes]] = []
         self._pending_bytes = 0
         self._pending_ids: set[str] = set()
@@ -391,6 +391,13 @@ class ChunkWriter:
         if chunk_id in self._pending_ids:
             return True
         return any(location.pack_id in self._usable_packs for location in self.index.all_locations(chunk_id))
+
+    def set_compression_level(self, level: int) -> None:
+        """Compress frames closed from now on at ``level``; 0 stores them raw.
+
+        Each frame records its own compression, so one repository holds both.
+        """
+        self._compressor = zstandard.ZstdCompressor(level=level, write_content_size=True) if level > 0 else None
 
     def add(self, chunk_id: str, data: bytes) -> bool:
         """Queue a chunk unless the repository has it; True if it was new."""

@@ -66,10 +66,10 @@ def verify_repository(repository: Repository, *, snapshot_ids: Sequence[str] | N
             snapshots.append(repository.load_snapshot(snapshot_id))
         except CorruptData as error:
             report.problems.append(Problem(kind="corrupt-manifest", message=str(error), snapshot_id=snapshot_id))
-    if read_data:
-        progress.begin("verify", sum(index.pack_sizes.values()) + sum(entry.size for snapshot in snapshots for entry in snapshot.files))
     bad_packs = _check_packs(repository, present, report) if read_data else {}
     chunk_status: dict[str, str | None] = {}
+    if read_data:
+        progress.begin("verify files", sum(entry.size for snapshot in snapshots for entry in snapshot.files))
     for snapshot in snapshots:
         report.snapshots_checked += 1
         before = len(report.problems)
@@ -85,6 +85,7 @@ def _check_packs(repository: Repository, present: dict[str, int], report: Verify
     """Re-hash every indexed pack and compare its header with the index."""
     index = repository.index()
     bad: dict[str, str] = {}
+    progress.begin("verify packs", sum(index.pack_sizes.values()))
     for pack_id, size in sorted(index.pack_sizes.items()):
         report.packs_checked += 1
         if pack_id not in present:
