@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from invoke import Collection, Context, Exit, task
+from invoke.config import AmbiguousMergeError
 from invoke.exceptions import UnknownFileType
 from invoke.util import yaml
 
@@ -133,7 +134,9 @@ def _load_project_config(config, directory: Path) -> None:
     try:
         config.set_project_location(str(directory))
         config.load_project()
-    except (yaml.YAMLError, ValueError, OSError, UnknownFileType) as error:  # ValueError covers bad JSON and merge conflicts
+    except AmbiguousMergeError as error:
+        raise ConfigError(f"invoke.yaml in {directory}: 'backup' must be a mapping of settings, and so must each of its sections") from error
+    except (yaml.YAMLError, ValueError, OSError, UnknownFileType) as error:  # ValueError: bad invoke.json
         raise ConfigError(f"cannot read the project configuration (invoke.yaml) in {directory}: {render.one_line(str(error))}") from error
 
 
