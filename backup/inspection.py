@@ -103,7 +103,7 @@ class SizeReport:
     pack_count: int
     snapshot_count: int
     logical_bytes: int  # sum over snapshots of the bytes a restore produces
-    unique_bytes: int  # distinct chunk bytes the snapshots reference
+    unique_bytes: int  # distinct data chunk bytes the snapshots reference
     chunk_bytes: int  # uncompressed bytes of every chunk in the packs
     unreferenced_bytes: int  # chunk bytes no snapshot needs (clean removes them)
     snapshots: tuple[SnapshotUsage, ...] = ()
@@ -144,16 +144,18 @@ def repository_size(settings: Settings) -> SizeReport:
         index = repository.index(reload=True)
         snapshots: list[Snapshot] = []
         damaged: dict[str, str] = {}
-        references: dict[str, set[str]] = {}
+        references: dict[str, set[str]] = {}  # snapshot -> data chunks (chunk lists are metadata)
+        chunk_lists: set[str] = set()
         per_path: dict[str, list[tuple[Snapshot, FileEntry, set[str]]]] = {}
         for snapshot_id in repository.snapshot_ids():
             try:
                 snapshot = repository.load_snapshot(snapshot_id)
-                chunks_by_file = [(entry, set(entry.chunk_lists) | set(repository.chunk_ids_of(entry.chunk_lists))) for entry in snapshot.files]
+                chunks_by_file = [(entry, set(repository.chunk_ids_of(entry.chunk_lists))) for entry in snapshot.files]
             except CorruptData as error:
                 damaged[snapshot_id] = str(error)
                 continue
             snapshots.append(snapshot)
+            chunk_lists.update(list_id for entry in snapshot.files for list_id in entry.chunk_lists)
             references[snapshot.id] = set().union(*(chunks for _, chunks in chunks_by_file))
             for entry, chunks in chunks_by_file:
                 per_path.setdefault(entry.path, []).append((snapshot, entry, chunks))
@@ -197,7 +199,7 @@ def repository_size(settings: Settings) -> SizeReport:
         logical_bytes=sum(snapshot.logical_bytes for snapshot in snapshots),
         unique_bytes=sum(length.get(chunk_id, 0) for chunk_id in referenced),
         chunk_bytes=sum(length.values()),
-        unreferenced_bytes=sum(size for chunk_id, size in length.items() if chunk_id not in referenced),
+        unreferenced_bytes=sum(size for chunk_id, size in length.items() if chunk_id not in referenced and chunk_id not in chunk_lists),
         snapshots=usages,
         databases=tuple(databases[:LARGEST_SHOWN]),
         damaged=damaged,

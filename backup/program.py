@@ -8,6 +8,9 @@ the project being worked on (the current directory, or ``--root``).
 
 from __future__ import annotations
 
+import os
+import sys
+
 from invoke import Collection, Program
 
 from . import tasks
@@ -26,7 +29,12 @@ program = Program(namespace=build_namespace(), version=TOOL_VERSION, name="dbkee
 
 
 def main() -> None:
-    program.run()
+    try:
+        program.run()
+    except BrokenPipeError:
+        # The reader of our output (head, less) went away: stop quietly, as other tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
 
 
 if __name__ == "__main__":
