@@ -96,8 +96,9 @@ def test_list_with_bad_since_exits_2_naming_the_value(shared: Path) -> None:
 
 
 def test_info_shows_provenance_files_and_row_counts(shared: Path) -> None:
-    first = snapshot_ids(shared)[0]
-    result = dbkeep("backup.info", first[:18], cwd=shared)
+    first, second = snapshot_ids(shared)
+    prefix = first[: len(os.path.commonprefix([first, second])) + 1]  # the shortest unique prefix
+    result = dbkeep("backup.info", prefix, cwd=shared)
     assert result.returncode == 0, result.stderr
     for fragment in (first, "first", "app.db", "data/analytics.sqlite", "files/settings.json", "integrity_check", "orders", "journal mode"):
         assert fragment in result.stdout
