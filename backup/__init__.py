@@ -29,6 +29,8 @@ from .errors import (
     UsageError,
     VerificationFailed,
 )
+from .export import ExportReport, export_snapshot
+from .inspection import Comparison, FileComparison, SizeReport, compare_snapshot, list_snapshots, repository_size
 from .manifest import FileEntry, Snapshot, SQLiteInfo
 from .operations import (
     BackupReport,
@@ -49,7 +51,9 @@ from .operations import (
 from .provenance import TOOL_VERSION as __version__
 from .prune import PruneOptions, PruneRefused
 from .retention import PolicyRefused, RetentionPolicy, apply_policy
+from .sample import SampleReport, create_sample_project
 from .settings import Settings, load_settings, settings_from_mapping
+from .unlocking import UnlockReport, unlock_repository
 from .verification import Problem, VerifyReport
 
 __all__ = [
@@ -57,12 +61,15 @@ __all__ = [
     "BackupError",
     "BackupReport",
     "CleanReport",
+    "Comparison",
     "ConfigError",
     "CorruptChunk",
     "CorruptData",
     "CorruptIndex",
     "CorruptManifest",
     "CorruptPack",
+    "ExportReport",
+    "FileComparison",
     "FileEntry",
     "LockLost",
     "NoSpace",
@@ -77,26 +84,35 @@ __all__ = [
     "RestoreReport",
     "RetentionPolicy",
     "SQLiteInfo",
+    "SampleReport",
     "Settings",
+    "SizeReport",
     "Snapshot",
     "SnapshotListing",
     "SnapshotNotFound",
     "SourceError",
     "StorageError",
+    "UnlockReport",
     "UsageError",
     "VerificationFailed",
     "VerifyReport",
     "__version__",
     "apply_policy",
     "clean_old_backups",
+    "compare_snapshot",
     "create_backup",
     "create_safety_backup",
+    "create_sample_project",
+    "export_snapshot",
     "find_snapshot",
     "guard",
     "list_backups",
+    "list_snapshots",
     "load_settings",
     "plan_restore",
+    "repository_size",
     "restore_backup",
     "settings_from_mapping",
+    "unlock_repository",
     "verify_backup",
 ]

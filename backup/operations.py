@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import dataclasses
 import hashlib
 import os
 import secrets
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pathspec
 
-from . import fsio, locking
+from . import fsio, locking, progress
 from .errors import (
     BackupError,
     CorruptData,
@@ -36,6 +37,7 @@ from .ledger import load_ledger
 from .lookup import resolve_snapshot
 from .manifest import FileEntry, Snapshot, SnapshotStats
 from .pack import chunk_id_of
+from .readback import read_back
 from .provenance import TOOL_VERSION, git_info, host_name, user_name
 from .prune import PruneOptions
 from .repository import Repository
@@ -172,8 +174,10 @@ def _create_locked(
         raise describe_os_error("create", scratch, error) from error
     repository.remove_stale_temps()
     writer = repository.writer()
+    writer.set_compression_level(settings.compression_level)
     entries: list[FileEntry] = []
     stats = _Counter()
+    progress.begin("safety snapshot" if tag == "safety" else "backup", sum(_size_or_zero(item.path) for item in selected))
     for item in selected:
         entries.append(_store_one(repository, writer, item, settings, scratch, stats))
     writer.finish()
@@ -202,6 +206,13 @@ def _create_locked(
     fsio.reached("before_manifest")
     repository.save_snapshot(snapshot)
     return snapshot
+
+
+def _size_or_zero(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0  # reported properly when the file itself is read
 
 
 @dataclass(slots=True)
@@ -264,6 +275,7 @@ def _store_stream(writer, pieces: Iterable[bytes], chunk_size: int, stats: _Coun
         size += len(chunk)
         chunk_id = chunk_id_of(chunk)
         chunk_ids.append(chunk_id)
+        progress.advance(len(chunk))
         if writer.add(chunk_id, chunk):
             stats.new_chunks += 1
             stats.new_bytes += len(chunk)
@@ -388,6 +400,7 @@ class RestoredFile:
     size: int
     sha256_ok: bool
     integrity: str  # "ok", "n/a" for plain files, or what the check said
+    read_back: bool = False  # True when both were measured on the written file
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -428,6 +441,7 @@ def restore_backup(
     force: bool = False,
     confirm: Callable[[RestorePlan], bool] | None = None,
     dry_run: bool = False,
+    verify: bool = False,
     now: datetime | None = None,
 ) -> RestoreReport:
     """Restore a snapshot's files into the project (or ``target``), safely.
@@ -437,7 +451,9 @@ def restore_backup(
     the live files about to be overwritten -> write (SQLite through the online
     backup API, plain files by rename). Anything failing before the write leaves
     the live files untouched. Raises RestoreRefused when files would be
-    overwritten without ``force`` and ``confirm`` did not say yes.
+    overwritten without ``force`` and ``confirm`` did not say yes. With ``verify``
+    every written file is read back afterwards and its result measured, not
+    assumed (a mismatch is reported in the result, with the safety snapshot).
     """
     repository = open_repository(settings)
     with locking.acquire(repository.storage, exclusive=True, purpose="restore", wait=settings.lock_wait) as lock:
@@ -447,6 +463,7 @@ def restore_backup(
         if plan.overwrites and not force and (confirm is None or not confirm(plan)):
             raise RestoreRefused("restore would overwrite live files and was not confirmed; nothing was changed (use --force to skip the question)")
         materialised: dict[Path, Path] = {}
+        progress.begin("restore", sum(item.entry.size for item in plan.items))
         try:
             _prepare_directories(plan)
             for item in plan.items:
@@ -455,8 +472,12 @@ def restore_backup(
             fsio.reached("after_safety_snapshot")
             results = []
             for item in plan.items:
-                results.append(_apply(item, materialised[item.destination]))
+                written = _apply(item, materialised[item.destination])
                 del materialised[item.destination]
+                if verify:
+                    sha256_ok, integrity = read_back(item.entry, item.destination, settings.scratch_directory, quick_check_above=settings.quick_check_above)
+                    written = dataclasses.replace(written, sha256_ok=sha256_ok, integrity=integrity, read_back=True)
+                results.append(written)
         finally:
             for temp in materialised.values():
                 with contextlib.suppress(OSError):
@@ -497,6 +518,7 @@ def _materialise(repository: Repository, item: RestoreItem) -> Path:
                 fsio.write(descriptor, chunk)
                 digest.update(chunk)
                 size += len(chunk)
+                progress.advance(len(chunk))
             fsio.fsync(descriptor)
         finally:
             os.close(descriptor)

@@ -406,6 +406,13 @@ class ChunkWriter:
             return True
         return any(location.pack_id in self._usable_packs for location in self.index.all_locations(chunk_id))
 
+    def set_compression_level(self, level: int) -> None:
+        """Compress frames closed from now on at ``level``; 0 stores them raw.
+
+        Each frame records its own compression, so one repository holds both.
+        """
+        self._compressor = zstandard.ZstdCompressor(level=level, write_content_size=True) if level > 0 else None
+
     def add(self, chunk_id: str, data: bytes) -> bool:
         """Queue a chunk unless the repository has it; True if it was new."""
         if self.has(chunk_id):

@@ -46,7 +46,7 @@ class Settings:
 
 def _as_tuple_of_strings(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
-        items = [item.strip() for item in value.split(",")]
+        items = [item.strip() for item in value.split(",")] if value.strip() else []
     elif isinstance(value, (list, tuple)):
         items = list(value)
     else:
@@ -140,16 +140,23 @@ def settings_from_mapping(values: Mapping[str, Any], *, root: Path | None = None
 
 
 def config_defaults() -> dict[str, Any]:
-    """Defaults as Invoke config, so ``INVOKE_BACKUP_<KEY>`` can override each key."""
+    """Defaults as Invoke config, so ``INVOKE_BACKUP_<KEY>`` can override each key.
+
+    Every value is a string (lists comma-separated): Invoke casts an environment
+    variable to the type of the value it overrides, and a typed default would make
+    a bad value (``INVOKE_BACKUP_KEEP_LAST=ten``) or any list (``INVOKE_BACKUP_INCLUDE``)
+    fail inside Invoke with a traceback. As strings they all reach
+    ``settings_from_mapping``, which names the key, the value and what is allowed.
+    """
     return {
         "repository": DEFAULT_REPOSITORY,
-        "include": list(DEFAULT_INCLUDE),
-        "exclude": [],
-        "compression_level": DEFAULT_COMPRESSION_LEVEL,
-        "chunk_size": DEFAULT_CHUNK_SIZE,
-        "keep_last": DEFAULT_KEEP_LAST,
-        "quick_check_above": GIB,
-        "lock_wait": DEFAULT_LOCK_WAIT,
+        "include": ",".join(DEFAULT_INCLUDE),
+        "exclude": "",
+        "compression_level": str(DEFAULT_COMPRESSION_LEVEL),
+        "chunk_size": str(DEFAULT_CHUNK_SIZE),
+        "keep_last": str(DEFAULT_KEEP_LAST),
+        "quick_check_above": str(GIB),
+        "lock_wait": str(DEFAULT_LOCK_WAIT),
     }
 
 
@@ -163,8 +170,11 @@ def load_settings(root: Path | None = None, **overrides: Any) -> Settings:
 
     project_root = Path(root or Path.cwd()).resolve()
     config = Config(defaults={"backup": config_defaults()}, project_location=str(project_root), lazy=True)
-    config.load_project()
+    # Environment first: Invoke casts each variable to the type of the value it
+    # replaces, and only the string defaults make that cast unable to fail.
+    # The merge order (project below environment) does not depend on load order.
     config.load_shell_env()
+    config.load_project()
     section = config.get("backup", {}) or {}
     values = to_plain(section)
     values.update({key: value for key, value in overrides.items() if value is not None})

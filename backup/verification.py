@@ -14,6 +14,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from . import pack as packformat
+from . import progress
 from .errors import CorruptData, StorageError
 from .manifest import Snapshot
 from .repository import Repository, pack_name
@@ -77,6 +78,8 @@ def verify_repository(
             report.problems.append(Problem(kind="corrupt-manifest", message=str(error), snapshot_id=snapshot_id))
     bad_packs = _check_packs(repository, present, report, pack_ids) if read_data else {}
     chunk_status: dict[str, str | None] = {}
+    if read_data:
+        progress.begin("verify files", sum(entry.size for snapshot in snapshots for entry in snapshot.files))
     for snapshot in snapshots:
         report.snapshots_checked += 1
         before = len(report.problems)
@@ -92,6 +95,7 @@ def _check_packs(repository: Repository, present: dict[str, int], report: Verify
     """Re-hash every indexed pack (or those in ``pack_ids``) and compare its header with the index."""
     index = repository.index()
     bad: dict[str, str] = {}
+    progress.begin("verify packs", sum(index.pack_sizes.values()))
     for pack_id, size in sorted(index.pack_sizes.items()):
         if pack_ids is not None and pack_id not in pack_ids:
             continue
@@ -108,6 +112,7 @@ def _check_packs(repository: Repository, present: dict[str, int], report: Verify
             bad[pack_id] = f"pack {pack_id} cannot be read: {error}"
             continue
         report.bytes_read += len(data)
+        progress.advance(len(data))
         if hashlib.sha256(data).hexdigest() != pack_id:
             # Not fatal for the whole pack: the file check below re-hashes every chunk
             # and names exactly the ones that were hit.
@@ -181,6 +186,7 @@ def _check_file(repository, snapshot, entry, present, bad_packs, chunk_status, r
             return
         digest.update(data)
         size += len(data)
+        progress.advance(len(data))
     if size != entry.size or digest.hexdigest() != entry.sha256:
         problem("file-hash", f"file bytes do not match the recorded SHA-256 {entry.sha256}")
 

@@ -87,25 +87,25 @@ def run_routine(c, name: str, routine: Callable[[RoutineConfig], RoutineReport],
 
 @task(help={"json": "print the report as JSON instead of a table"})
 def daily(c, json=False):
-    """Back up (tag daily), verify every byte of the new snapshot, apply retention, prune."""
+    """Back up, verify it, apply retention, prune."""
     run_routine(c, "daily", run_daily, json=json)
 
 
 @task(help={"json": "print the report as JSON instead of a table"})
 def weekly(c, json=False):
-    """Re-verify a rotating share of the repository, report storage use and locks."""
+    """Re-verify a rotating share; storage and locks."""
     run_routine(c, "weekly", run_weekly, json=json)
 
 
 @task(help={"json": "print the report as JSON instead of a table"})
 def monthly(c, json=False):
-    """Restore drill of the latest and oldest snapshot, retention review, remove old exports."""
+    """Restore drill, retention review, old exports."""
     run_routine(c, "monthly", run_monthly, json=json)
 
 
 @task(help={"json": "print the results as JSON instead of a table", "keep": "keep the temporary directory for inspection"})
 def selftest(c, json=False, keep=False):
-    """End-to-end self test on generated databases in a temporary directory (under a minute)."""
+    """End-to-end self test in a temporary directory."""
     from .selftest import run_selftest
 
     results = run_selftest(keep=keep)
