@@ -29,16 +29,18 @@ from .errors import (
     UsageError,
     VerificationFailed,
 )
-from .manifest import FileEntry, Snapshot, SQLiteInfo
+from .manifest import FileEntry, ServerInfo, Snapshot, SQLiteInfo
 from .operations import (
     BackupReport,
     CleanReport,
+    DrillReport,
     RestorePlan,
     RestoreReport,
     SnapshotListing,
     clean_old_backups,
     create_backup,
     create_safety_backup,
+    drill_backup,
     find_snapshot,
     guard,
     list_backups,
@@ -61,6 +63,7 @@ __all__ = [
     "CorruptIndex",
     "CorruptManifest",
     "CorruptPack",
+    "DrillReport",
     "FileEntry",
     "LockLost",
     "NoSpace",
@@ -71,6 +74,7 @@ __all__ = [
     "RestoreRefused",
     "RestoreReport",
     "SQLiteInfo",
+    "ServerInfo",
     "Settings",
     "Snapshot",
     "SnapshotListing",
@@ -84,6 +88,7 @@ __all__ = [
     "clean_old_backups",
     "create_backup",
     "create_safety_backup",
+    "drill_backup",
     "find_snapshot",
     "guard",
     "list_backups",
