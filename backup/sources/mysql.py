@@ -83,7 +83,6 @@ def _options(config: DatabaseConfig) -> Iterator[str]:
     password = config.password_value()
     if password is not None:
         lines.append(f"password={_option_value(password)}")
-    lines.append("connect-timeout=10")
     with private_file("\n".join(lines) + "\n") as path:
         yield path
 
