@@ -463,7 +463,11 @@ def replace_database(
     fresh = scratch_name(target, purpose="restore", limit=NAME_LIMIT)
     create_database(config, fresh, expected=expected, like=target if exists else None)
     try:
-        restore_into(config, fresh, open_dump())
+        try:
+            restore_into(config, fresh, open_dump())
+        except SourceError as error:
+            detail = str(error).split(": ", 2)[-1]
+            raise SourceError(f"{config.name}: the snapshot's dump does not restore ({detail}); {target} was not changed") from error
         problems = check_restored(config, fresh, expected)
         if problems:
             raise SourceError(f"{config.name}: the restored copy does not match the snapshot ({problems[0]}); {target} was not changed")
