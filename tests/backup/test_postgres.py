@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from backup import RestoreRefused, SourceError, create_backup, drill_backup, restore_backup, settings_from_mapping
+from backup import RestoreRefused, SourceError, create_backup, drill_backup, restore_backup, settings_from_mapping, verify_backup
 from backup.manifest import Snapshot
 from backup.operations import open_repository
 from backup.sources import postgres
@@ -151,6 +151,7 @@ def test_round_trip_into_a_new_database_restores_schema_data_and_behaviour(tmp_p
     assert entry.server.tables["public.orders"] == 5000
     assert entry.server.tables["public.events_2024"] == 213 and entry.server.tables["public.events"] == 0
     assert entry.server.server_version.startswith(psql("SHOW server_version").split()[0])
+    assert verify_backup(settings, read_data=True).ok
 
     copy = f"{source}_copy"
     try:
