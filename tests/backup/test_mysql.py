@@ -350,3 +350,18 @@ def test_a_dump_tool_that_does_not_match_the_server_is_explained():
     stderr = "mysqldump: Couldn't execute 'SELECT COLUMN_NAME, JSON_EXTRACT(HISTOGRAM, '$.\"number-of-buckets-specified\"') FROM information_schema.COLUMN_STATISTICS': Unknown table 'COLUMN_STATISTICS' in information_schema (1109)"
     line = mysql.explain_failure(stderr, "mysql://root@h/db")
     assert "does not match the server" in line and "mariadb-dump" in line
+
+
+def test_a_day_of_appended_and_updated_rows_stores_only_what_changed(tmp_path, make_database):
+    source = make_database(
+        """
+        CREATE TABLE orders (id bigint AUTO_INCREMENT PRIMARY KEY, customer int, status varchar(20), total decimal(12, 2), placed datetime);
+        INSERT INTO orders (customer, status, total, placed) SELECT seq % 5000, 'new', seq * 0.25, '2024-01-01' + INTERVAL seq MINUTE FROM seq_1_to_100000;
+        """
+    )
+    settings = settings_for(tmp_path, source)
+    first = create_backup(settings)
+    sql("INSERT INTO orders (customer, status, total, placed) SELECT seq, 'new', 1, NOW() FROM seq_1_to_1000; UPDATE orders SET status = 'shipped' WHERE id BETWEEN 50000 AND 50999;", source)
+    second = create_backup(settings)
+    # Fixed-size chunks would store everything after the first changed row: about half the dump.
+    assert second.stats.new_bytes < 0.04 * first.stats.logical_bytes, second.stats
