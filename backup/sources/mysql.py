@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import re
 import subprocess
 from collections.abc import Callable, Iterable, Iterator
@@ -38,7 +39,6 @@ from .server import (
     first_error_line,
     private_file,
     run_tool,
-    scratch_name,
     stream_tool,
 )
 
@@ -128,8 +128,6 @@ def query(config: DatabaseConfig, sql: str, *, database: str | None = None) -> l
 
 
 def _environment() -> dict[str, str]:
-    import os
-
     env = dict(os.environ)
     env.pop("MYSQL_PWD", None)  # the option file holds the password, if there is one
     return env
@@ -358,7 +356,7 @@ def replace_database(
             raise
         try:
             _rebuild(config, target, open_rollback(), character_set)
-        except (SourceError, Exception) as rollback_error:
+        except Exception as rollback_error:
             raise SourceError(
                 f"{config.name}: restoring {target} failed ({error}) and putting back its previous state failed too ({rollback_error}); "
                 "restore the safety snapshot by hand"

@@ -17,11 +17,12 @@ the swap itself is atomic. docs/servers.md explains why.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
 import subprocess
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ..errors import SourceError
@@ -195,8 +196,6 @@ def describe(config: DatabaseConfig, *, database: str | None = None) -> Descript
 
     Raises SourceError if the server cannot be reached or refuses the query.
     """
-    import hashlib
-
     target = database or config.database
     ((version, _number, size, encoding, collation),) = query(config, SERVER_SQL, database=target)
     digest = hashlib.sha256()
