@@ -141,3 +141,29 @@ def server_entries(snapshot: Snapshot, only: Sequence[str]) -> list[FileEntry]:
     if not entries:
         raise UsageError(f"snapshot {snapshot.id} holds no database-server dump" + (f" matching {', '.join(only)}" if only else ""))
     return entries
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerProbe:
+    """Whether a configured database can be reached, for selftest and info screens."""
+
+    name: str
+    location: str
+    reachable: bool
+    detail: str  # the server version, or the one-line reason it cannot be used
+
+
+def probe_databases(databases: Sequence[DatabaseConfig]) -> tuple[ServerProbe, ...]:
+    """Try each configured database once; never raises for an unreachable server."""
+    from .errors import SourceError
+    from .sources.server import engine_module
+
+    probes = []
+    for database in databases:
+        try:
+            description = engine_module(database.engine).describe(database)
+        except SourceError as error:
+            probes.append(ServerProbe(name=database.name, location=database.location(), reachable=False, detail=str(error)))
+            continue
+        probes.append(ServerProbe(name=database.name, location=database.location(), reachable=True, detail=description.server_version))
+    return tuple(probes)

@@ -103,3 +103,11 @@ def test_manifests_with_broken_server_details_are_refused(entry):
 
     with pytest.raises(CorruptManifest):
         Snapshot.from_json(_snapshot(entry).to_json())
+
+
+def test_probing_an_unreachable_server_reports_the_reason_instead_of_raising():
+    from backup.servers import probe_databases
+
+    (probe,) = probe_databases([parse_database_entry("postgresql://nobody@127.0.0.1:1/nothing", environ={})])
+    assert not probe.reachable and probe.name == "postgres/nothing"
+    assert "connection refused" in probe.detail or "not found" in probe.detail
