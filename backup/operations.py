@@ -425,6 +425,12 @@ def _plan(
         items.append(RestoreItem(entry=entry, destination=destination, overwrites=destination.exists()))
     if not items and not databases:
         raise UsageError(f"snapshot {chosen.id} has no file matching {', '.join(only)}" if only else f"snapshot {chosen.id} holds no files")
+    if target is not None and target_database is None and databases:
+        names = ", ".join(item.entry.path for item in databases)
+        raise UsageError(
+            f"snapshot {chosen.id} holds database dumps ({names}); a target directory does not apply to them and "
+            "they would overwrite the live databases: give a target database name, or leave them out with --only"
+        )
     if target_database is not None and len(databases) != 1:
         raise UsageError(f"a target database names one database, and {len(databases)} are selected; choose one with --only")
     return RestorePlan(snapshot=chosen, items=tuple(items), destination_root=base, databases=tuple(databases))

@@ -15,10 +15,10 @@ import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from .errors import CorruptData, UsageError, VerificationFailed
+from .errors import CorruptData, SourceError, UsageError, VerificationFailed
 from .manifest import FileEntry, Snapshot
 from .repository import Repository
-from .sources.server import DatabaseConfig, DrillResult, database_exists, drill_database, restore_database
+from .sources.server import DatabaseConfig, DrillResult, database_exists, drill_database, engine_module, restore_database
 from .verification import Problem
 
 
@@ -155,9 +155,6 @@ class ServerProbe:
 
 def probe_databases(databases: Sequence[DatabaseConfig]) -> tuple[ServerProbe, ...]:
     """Try each configured database once; never raises for an unreachable server."""
-    from .errors import SourceError
-    from .sources.server import engine_module
-
     probes = []
     for database in databases:
         try:

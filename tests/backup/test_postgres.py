@@ -400,3 +400,15 @@ def test_a_day_of_appended_and_updated_rows_stores_only_what_changed(tmp_path, m
     second = create_backup(settings)
     # Fixed-size chunks would store everything after the first changed row: about half the dump.
     assert second.stats.new_bytes < 0.04 * first.stats.logical_bytes, second.stats
+
+
+def test_a_target_directory_never_lets_a_dump_overwrite_the_live_database(tmp_path, make_database):
+    from backup import UsageError
+
+    source = make_database("CREATE TABLE t (x int); INSERT INTO t VALUES (1);")
+    settings = settings_for(tmp_path, source)
+    create_backup(settings)
+    psql("INSERT INTO t VALUES (2)", source)
+    with pytest.raises(UsageError, match="target database name"):
+        restore_backup(settings, "latest", target=tmp_path / "elsewhere", force=True)
+    assert psql("SELECT count(*) FROM t", source) == "2"
