@@ -235,7 +235,8 @@ class RowCounter:
     """Counts the rows of each table in a mysqldump stream as it goes by.
 
     Rows are the tuples of ``INSERT INTO `t` VALUES (...),(...);`` statements,
-    whether on one line (MySQL) or one tuple per line (MariaDB). String values
+    whether on one line (MySQL) or one tuple per line (MariaDB); routine and
+    trigger bodies (written under ``DELIMITER ;;``) are passed over. String values
     are removed first (mysqldump escapes newlines in them, so none spans a
     line); what remains of a tuple holds no parenthesis but its own.
     """
@@ -244,6 +245,7 @@ class RowCounter:
         self.rows: dict[str, int] = {}
         self._table: str | None = None
         self._carry = b""
+        self._in_routine = False  # between DELIMITER ;; and DELIMITER ;: bodies, not data
 
     def feed(self, piece: bytes) -> None:
         data = self._carry + piece
@@ -254,7 +256,10 @@ class RowCounter:
 
     def _line(self, line: bytes) -> None:
         if self._table is None:
-            if not line.startswith(b"INSERT INTO `"):
+            if line.startswith(b"DELIMITER "):
+                self._in_routine = line.strip() != b"DELIMITER ;"
+                return
+            if self._in_routine or not line.startswith(b"INSERT INTO `"):
                 return
             match = INSERT_LINE.match(line)
             if not match:

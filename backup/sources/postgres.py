@@ -330,7 +330,7 @@ class RowCounter:
                 return
             line_end = data.find(b"\n", start, end)
             match = COPY_LINE.match(data, start, line_end)
-            if match:
+            if match and data.endswith(b" FROM stdin;", start, line_end):
                 self._table = f"{_unquote(match.group(1))}.{_unquote(match.group(2))}"
                 self.rows.setdefault(self._table, 0)
             position = line_end + 1
