@@ -69,7 +69,8 @@ def make_database():
     yield make
     for name in created:
         sql(f"DROP DATABASE IF EXISTS `{name}`")
-    leftovers = scratch_databases() - leftovers_before
+    # Only databases derived from this test's own names: other runs share the server.
+    leftovers = {name for name in scratch_databases() - leftovers_before if name.startswith(tuple(created))}
     for name in leftovers:
         sql(f"DROP DATABASE IF EXISTS `{name}`")
     assert not leftovers, f"dbkeep left scratch databases behind: {leftovers}"

@@ -73,7 +73,8 @@ def make_database():
     yield make
     for name in created:
         psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    leftovers = scratch_databases() - leftovers_before
+    # Only databases derived from this test's own names: other runs share the server.
+    leftovers = {name for name in scratch_databases() - leftovers_before if name.startswith(tuple(created))}
     for name in leftovers:
         psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     assert not leftovers, f"dbkeep left scratch databases behind: {leftovers}"
