@@ -31,16 +31,18 @@ from .errors import (
 )
 from .export import ExportReport, export_snapshot
 from .inspection import Comparison, FileComparison, SizeReport, compare_snapshot, list_snapshots, repository_size
-from .manifest import FileEntry, Snapshot, SQLiteInfo
+from .manifest import FileEntry, ServerInfo, Snapshot, SQLiteInfo
 from .operations import (
     BackupReport,
     CleanReport,
+    DrillReport,
     RestorePlan,
     RestoreReport,
     SnapshotListing,
     clean_old_backups,
     create_backup,
     create_safety_backup,
+    drill_backup,
     find_snapshot,
     guard,
     list_backups,
@@ -68,6 +70,7 @@ __all__ = [
     "CorruptIndex",
     "CorruptManifest",
     "CorruptPack",
+    "DrillReport",
     "ExportReport",
     "FileComparison",
     "FileEntry",
@@ -85,6 +88,7 @@ __all__ = [
     "RetentionPolicy",
     "SQLiteInfo",
     "SampleReport",
+    "ServerInfo",
     "Settings",
     "SizeReport",
     "Snapshot",
@@ -103,6 +107,7 @@ __all__ = [
     "create_backup",
     "create_safety_backup",
     "create_sample_project",
+    "drill_backup",
     "export_snapshot",
     "find_snapshot",
     "guard",

@@ -1,6 +1,6 @@
 """Snapshot manifests: the records that make a snapshot exist, and their JSON form.
 
-Owns: the ``Snapshot`` / ``FileEntry`` / ``SQLiteInfo`` records, sealed JSON
+Owns: the ``Snapshot`` / ``FileEntry`` / ``SQLiteInfo`` / ``ServerInfo`` records, sealed JSON
 (a SHA-256 over the canonical body, so a flipped bit in a manifest is detected),
 and strict parsing that treats every manifest as hostile input. Knows nothing of
 storage or databases.
@@ -69,12 +69,45 @@ class SQLiteInfo:
     check: str  # "integrity_check" or "quick_check"
 
 
+#: Kinds of entry whose bytes are a dump of a database server, not a file.
+SERVER_KINDS = frozenset({"postgres", "mysql"})
+FILE_KINDS = frozenset({"sqlite", "file"}) | SERVER_KINDS
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerInfo:
+    """What a dump of a server database held, checked again by every restore and drill.
+
+    Never holds a password: the connection is recorded as host, port, user and
+    database only. ``tables`` counts the rows the dump itself holds per table
+    (``schema.table`` for PostgreSQL, ``table`` for MySQL).
+    """
+
+    engine: str  # "postgres" or "mysql"
+    server_version: str
+    host: str
+    port: int | None
+    user: str
+    database: str
+    database_size: int
+    encoding: str
+    collation: str
+    schema_hash: str
+    tables: dict[str, int]
+    dump_tool: str
+    dump_format: str
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FileEntry:
-    """One file of a snapshot: where it was, what it was, and its chunk lists."""
+    """One file of a snapshot: where it was, what it was, and its chunk lists.
+
+    A database-server entry (kind "postgres" or "mysql") holds a dump: ``path``
+    is its logical name (``postgres/<database>``), ``server`` says what it held.
+    """
 
     path: str
-    kind: str  # "sqlite" or "file"
+    kind: str  # "sqlite", "file", "postgres" or "mysql"
     size: int
     mode: int
     mtime: float
@@ -82,10 +115,15 @@ class FileEntry:
     chunk_lists: tuple[str, ...]
     chunk_count: int
     sqlite: SQLiteInfo | None = None
+    server: ServerInfo | None = None
 
     @property
     def is_sqlite(self) -> bool:
         return self.kind == "sqlite"
+
+    @property
+    def is_server(self) -> bool:
+        return self.kind in SERVER_KINDS
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -145,6 +183,8 @@ def _file_body(entry: FileEntry) -> dict[str, Any]:
     body["chunk_lists"] = list(entry.chunk_lists)
     if entry.sqlite is None:
         del body["sqlite"]
+    if entry.server is None:
+        del body["server"]
     return body
 
 
@@ -206,13 +246,17 @@ def _file_from_body(item: object) -> FileEntry:
     if not isinstance(item, dict):
         raise CorruptManifest("a file entry is not an object")
     kind = _require(item, "kind", str)
-    if kind not in {"sqlite", "file"}:
+    if kind not in FILE_KINDS:
         raise CorruptManifest(f"unknown file kind {kind[:40]!r}")
     chunk_lists = tuple(check_id(value, "chunk list id") for value in _require(item, "chunk_lists", list))
     sqlite_body = item.get("sqlite")
     sqlite = _sqlite_from_body(sqlite_body) if sqlite_body is not None else None
     if kind == "sqlite" and sqlite is None:
         raise CorruptManifest("a SQLite file entry has no SQLite details")
+    server_body = item.get("server")
+    server = _server_from_body(server_body) if server_body is not None else None
+    if (kind in SERVER_KINDS) != (server is not None) or (server is not None and server.engine != kind):
+        raise CorruptManifest(f"a {kind[:20]} entry has wrong or missing server details")
     mode = _count(item, "mode")
     if mode > 0o7777:
         raise CorruptManifest(f"file mode {mode:o} is out of range")
@@ -226,6 +270,34 @@ def _file_from_body(item: object) -> FileEntry:
         chunk_lists=chunk_lists,
         chunk_count=_count(item, "chunk_count"),
         sqlite=sqlite,
+        server=server,
+    )
+
+
+def _server_from_body(body: object) -> ServerInfo:
+    if not isinstance(body, dict):
+        raise CorruptManifest("server details are not an object")
+    tables = _require(body, "tables", dict)
+    for name, rows in tables.items():
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
+            raise CorruptManifest(f"row count of table {name[:40]!r} is not a count")
+    port = body.get("port")
+    if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536):
+        raise CorruptManifest("server port is not a port number")
+    return ServerInfo(
+        engine=_require(body, "engine", str),
+        server_version=_require(body, "server_version", str),
+        host=_require(body, "host", str),
+        port=port,
+        user=_require(body, "user", str),
+        database=_require(body, "database", str),
+        database_size=_count(body, "database_size"),
+        encoding=_require(body, "encoding", str),
+        collation=_require(body, "collation", str),
+        schema_hash=_require(body, "schema_hash", str),
+        tables=dict(tables),
+        dump_tool=_require(body, "dump_tool", str),
+        dump_format=_require(body, "dump_format", str),
     )
 
 

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pathspec
 
-from . import fsio, locking, progress
+from . import fsio, locking, progress, servers
+from .chunking import content_defined_chunks
 from .errors import (
     BackupError,
     CorruptData,
@@ -55,6 +56,7 @@ from .sources import (
 )
 from .sources.plainfile import move_aside_sidecars
 from .storage import LocalStorage, describe_os_error
+from .sources.server import DatabaseConfig, DrillResult, capture_database
 from .verification import Problem, VerifyReport, verify_repository
 
 READ_PIECE = 1024 * 1024
@@ -103,8 +105,9 @@ def create_backup(
     """
     repository = open_repository(settings, create=True)
     with locking.acquire(repository.storage, exclusive=True, purpose=f"backup ({tag})", wait=settings.lock_wait) as lock:
-        selected = _select(settings, paths)
-        snapshot = _create_locked(repository, lock, settings, selected, root=settings.root, tag=tag, note=note, now=now)
+        databases = _select_databases(settings, paths)
+        selected = _select(settings, paths, databases)
+        snapshot = _create_locked(repository, lock, settings, selected, root=settings.root, tag=tag, note=note, now=now, databases=databases)
         warnings = tuple(lock.broken)
         verification = verify_repository(repository, snapshot_ids=[snapshot.id], read_data=True) if verify else None
     return BackupReport(snapshot=snapshot, warnings=warnings, verification=verification)
@@ -115,10 +118,17 @@ def create_safety_backup(settings: Settings, *, reason: str = "safety", paths: S
     return create_backup(settings, tag="safety", note=reason, paths=paths)
 
 
-def _select(settings: Settings, paths: Sequence[str] | None) -> list[SelectedFile]:
+def _select_databases(settings: Settings, paths: Sequence[str] | None) -> list[DatabaseConfig]:
+    """Configured database servers to capture: all of them, or those ``paths`` names."""
+    if paths is None:
+        return list(settings.databases)
+    return [database for database in settings.databases if database.name in paths]
+
+
+def _select(settings: Settings, paths: Sequence[str] | None, databases: Sequence[DatabaseConfig] = ()) -> list[SelectedFile]:
     if paths is None:
         selected = select_files(settings.root, include=settings.include, exclude=settings.exclude, skip=[settings.repository])
-        if not selected:
+        if not selected and not databases:
             raise UsageError(
                 f"no databases found under {settings.root} (include: {', '.join(settings.include)}); "
                 "check the project root and the include/exclude patterns"
@@ -126,6 +136,8 @@ def _select(settings: Settings, paths: Sequence[str] | None) -> list[SelectedFil
         return selected
     chosen: list[SelectedFile] = []
     for relative in paths:
+        if any(database.name == relative for database in databases):
+            continue
         path = _inside(settings.root, relative)
         if not path.is_file():
             raise UsageError(f"{relative} is not a file under {settings.root}")
@@ -164,6 +176,7 @@ def _create_locked(
     tag: str,
     note: str,
     now: datetime | None,
+    databases: Sequence[DatabaseConfig] = (),
 ) -> Snapshot:
     started = time.monotonic()
     moment = now or _utc_now()
@@ -180,6 +193,8 @@ def _create_locked(
     progress.begin("safety snapshot" if tag == "safety" else "backup", sum(_size_or_zero(item.path) for item in selected))
     for item in selected:
         entries.append(_store_one(repository, writer, item, settings, scratch, stats))
+    for database in databases:
+        entries.append(_store_server(writer, database, stats))
     writer.finish()
     fsio.reached("after_chunks")
     lock.ensure_held()
@@ -255,6 +270,26 @@ def _store_one(repository: Repository, writer, item: SelectedFile, settings: Set
     )
 
 
+def _store_server(writer, database: DatabaseConfig, stats: _Counter) -> FileEntry:
+    """Stream a server's dump into the repository, cut by content so days deduplicate."""
+    captured = time.time()
+    (size, digest, chunk_ids), info = capture_database(
+        database, lambda pieces: _store_stream(writer, pieces, 0, stats, chunker=content_defined_chunks)
+    )
+    chunk_lists = writer.add_chunk_list(chunk_ids)
+    return FileEntry(
+        path=database.name,
+        kind=database.engine,
+        size=size,
+        mode=0o600,
+        mtime=captured,
+        sha256=digest,
+        chunk_lists=tuple(chunk_lists),
+        chunk_count=len(chunk_ids),
+        server=info,
+    )
+
+
 def _fixed_chunks(pieces: Iterable[bytes], chunk_size: int) -> Iterator[bytes]:
     buffer = bytearray()
     for piece in pieces:
@@ -266,11 +301,13 @@ def _fixed_chunks(pieces: Iterable[bytes], chunk_size: int) -> Iterator[bytes]:
         yield bytes(buffer)
 
 
-def _store_stream(writer, pieces: Iterable[bytes], chunk_size: int, stats: _Counter) -> tuple[int, str, list[str]]:
+def _store_stream(
+    writer, pieces: Iterable[bytes], chunk_size: int, stats: _Counter, *, chunker: Callable[[Iterable[bytes]], Iterable[bytes]] | None = None
+) -> tuple[int, str, list[str]]:
     whole = hashlib.sha256()
     size = 0
     chunk_ids: list[str] = []
-    for chunk in _fixed_chunks(pieces, chunk_size):
+    for chunk in chunker(pieces) if chunker else _fixed_chunks(pieces, chunk_size):
         whole.update(chunk)
         size += len(chunk)
         chunk_id = chunk_id_of(chunk)
@@ -387,10 +424,11 @@ class RestorePlan:
     snapshot: Snapshot
     items: tuple[RestoreItem, ...]
     destination_root: Path
+    databases: tuple[servers.DatabaseRestoreItem, ...] = ()
 
     @property
     def overwrites(self) -> bool:
-        return any(item.overwrites for item in self.items)
+        return any(item.overwrites for item in self.items) or any(item.overwrites for item in self.databases)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -412,24 +450,53 @@ class RestoreReport:
     warnings: tuple[str, ...] = ()
 
 
-def plan_restore(settings: Settings, snapshot: str, *, target: Path | None = None, only: Sequence[str] = (), now: datetime | None = None) -> RestorePlan:
+def plan_restore(
+    settings: Settings,
+    snapshot: str,
+    *,
+    target: Path | None = None,
+    only: Sequence[str] = (),
+    now: datetime | None = None,
+    target_database: str | None = None,
+) -> RestorePlan:
     repository = open_repository(settings)
-    return _plan(repository, settings, snapshot, target=target, only=only, now=now)
+    return _plan(repository, settings, snapshot, target=target, only=only, now=now, target_database=target_database)
 
 
-def _plan(repository: Repository, settings: Settings, spec: str, *, target: Path | None, only: Sequence[str], now: datetime | None) -> RestorePlan:
+def _plan(
+    repository: Repository,
+    settings: Settings,
+    spec: str,
+    *,
+    target: Path | None,
+    only: Sequence[str],
+    now: datetime | None,
+    target_database: str | None = None,
+) -> RestorePlan:
     chosen = repository.load_snapshot(resolve_snapshot(spec, repository.snapshot_ids(), now=now or _utc_now()))
     base = Path(os.path.abspath(target)) if target is not None else settings.root
     matcher = pathspec.GitIgnoreSpec.from_lines(only) if only else None
     items: list[RestoreItem] = []
+    databases: list[servers.DatabaseRestoreItem] = []
     for entry in chosen.files:
         if matcher is not None and not matcher.match_file(entry.path):
             continue
+        if entry.is_server:
+            databases.append(servers.plan_item(settings.databases, entry, target_database))
+            continue
         destination = _inside(base, entry.path) if base.exists() else base / entry.path
         items.append(RestoreItem(entry=entry, destination=destination, overwrites=destination.exists()))
-    if not items:
+    if not items and not databases:
         raise UsageError(f"snapshot {chosen.id} has no file matching {', '.join(only)}" if only else f"snapshot {chosen.id} holds no files")
-    return RestorePlan(snapshot=chosen, items=tuple(items), destination_root=base)
+    if target is not None and target_database is None and databases:
+        names = ", ".join(item.entry.path for item in databases)
+        raise UsageError(
+            f"snapshot {chosen.id} holds database dumps ({names}); a target directory does not apply to them and "
+            "they would overwrite the live databases: give a target database name, or leave them out with --only"
+        )
+    if target_database is not None and len(databases) != 1:
+        raise UsageError(f"a target database names one database, and {len(databases)} are selected; choose one with --only")
+    return RestorePlan(snapshot=chosen, items=tuple(items), destination_root=base, databases=tuple(databases))
 
 
 def restore_backup(
@@ -443,6 +510,7 @@ def restore_backup(
     dry_run: bool = False,
     verify: bool = False,
     now: datetime | None = None,
+    target_database: str | None = None,
 ) -> RestoreReport:
     """Restore a snapshot's files into the project (or ``target``), safely.
 
@@ -454,10 +522,15 @@ def restore_backup(
     overwritten without ``force`` and ``confirm`` did not say yes. With ``verify``
     every written file is read back afterwards and its result measured, not
     assumed (a mismatch is reported in the result, with the safety snapshot).
+
+    Database-server dumps follow the same order: their SHA-256 is checked
+    before anything is written, the live database goes into the safety
+    snapshot, then the dump is restored into it (or into ``target_database``)
+    as servers.apply_restore and docs/servers.md describe.
     """
     repository = open_repository(settings)
     with locking.acquire(repository.storage, exclusive=True, purpose="restore", wait=settings.lock_wait) as lock:
-        plan = _plan(repository, settings, snapshot, target=target, only=only, now=now)
+        plan = _plan(repository, settings, snapshot, target=target, only=only, now=now, target_database=target_database)
         if dry_run:
             return RestoreReport(plan=plan, dry_run=True)
         if plan.overwrites and not force and (confirm is None or not confirm(plan)):
@@ -468,6 +541,8 @@ def restore_backup(
             _prepare_directories(plan)
             for item in plan.items:
                 materialised[item.destination] = _materialise(repository, item)
+            for database in plan.databases:
+                servers.verify_dump(repository, database.entry)
             safety = _safety_snapshot(repository, lock, settings, plan)
             fsio.reached("after_safety_snapshot")
             results = []
@@ -478,6 +553,9 @@ def restore_backup(
                     sha256_ok, integrity = read_back(item.entry, item.destination, settings.scratch_directory, quick_check_above=settings.quick_check_above)
                     written = dataclasses.replace(written, sha256_ok=sha256_ok, integrity=integrity, read_back=True)
                 results.append(written)
+            for database in plan.databases:
+                outcome = servers.apply_restore(repository, database, safety)
+                results.append(RestoredFile(path=database.entry.path, destination=database.destination, size=database.entry.size, sha256_ok=True, integrity=outcome))
         finally:
             for temp in materialised.values():
                 with contextlib.suppress(OSError):
@@ -555,7 +633,8 @@ def _safety_snapshot(repository: Repository, lock: locking.Lock, settings: Setti
         for item in plan.items
         if item.overwrites and item.destination.is_file()
     ]
-    if not live:
+    live_databases = [servers.live_connection(item) for item in plan.databases if item.overwrites]
+    if not live and not live_databases:
         return None
     return _create_locked(
         repository,
@@ -566,6 +645,7 @@ def _safety_snapshot(repository: Repository, lock: locking.Lock, settings: Setti
         tag="safety",
         note=f"before restoring {plan.snapshot.id}",
         now=None,
+        databases=live_databases,
     )
 
 
@@ -587,6 +667,40 @@ def _apply(item: RestoreItem, temp: Path) -> RestoredFile:
         sha256_ok=True,
         integrity=entry.sqlite.integrity if entry.sqlite else "n/a",
     )
+
+
+# -- drill ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DrillReport:
+    """Restore drills of a snapshot's database-server dumps, one result per dump."""
+
+    snapshot_id: str
+    results: tuple[DrillResult, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(result.ok for result in self.results)
+
+
+def drill_backup(settings: Settings, snapshot: str = "latest", *, only: Sequence[str] = (), now: datetime | None = None) -> DrillReport:
+    """Verify a snapshot's server dumps by restoring each into a scratch database.
+
+    Each dump is streamed (chunk hashes and SHA-256 checked) into a database
+    dbkeep creates on the same server, its row counts and schema hash are
+    compared with the manifest, and the scratch database is dropped. Returns
+    every problem; raises UsageError if the snapshot holds no server dump and
+    SourceError if a server cannot be reached.
+    """
+    repository = open_repository(settings)
+    with locking.acquire(repository.storage, exclusive=False, purpose="drill", wait=settings.lock_wait):
+        chosen = repository.load_snapshot(resolve_snapshot(snapshot, repository.snapshot_ids(), now=now or _utc_now()))
+        results = [
+            servers.drill_entry(repository, servers.connection_for(settings.databases, entry), entry)
+            for entry in servers.server_entries(chosen, only)
+        ]
+    return DrillReport(snapshot_id=chosen.id, results=tuple(results))
 
 
 # -- clean ---------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .sources.selection import DEFAULT_INCLUDE
+from .sources.server import DatabaseConfig, parse_database_entry
 
 DEFAULT_REPOSITORY = ".backups"
 GIB = 1024**3
@@ -38,6 +39,7 @@ class Settings:
     keep_last: int = DEFAULT_KEEP_LAST
     quick_check_above: int = GIB
     lock_wait: float = DEFAULT_LOCK_WAIT
+    databases: tuple[DatabaseConfig, ...] = ()
 
     @property
     def scratch_directory(self) -> Path:
@@ -96,6 +98,27 @@ def _path(value: Any) -> Path:
     return Path(value)
 
 
+def _databases(value: Any) -> tuple[DatabaseConfig, ...]:
+    """Database-server entries: URLs or mappings (sources/server.py), names unique."""
+    if value is None:
+        return ()
+    if isinstance(value, (str, Mapping)):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise ValueError("a list of database URLs (postgresql://user@host:5432/db, mysql://user@host:3306/db) or mappings")
+    parsed: list[DatabaseConfig] = []
+    for position, item in enumerate(value):
+        try:
+            parsed.append(parse_database_entry(item))
+        except ValueError as error:
+            raise ValueError(f"entry {position}: {error}") from None
+    names = [database.name for database in parsed]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"unique names; give each of {', '.join(duplicates)} its own 'name'")
+    return tuple(parsed)
+
+
 PARSERS: dict[str, Callable[[Any], Any]] = {
     "root": _path,
     "repository": _path,
@@ -106,6 +129,7 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "keep_last": _bounded_int(1, 1_000_000),
     "quick_check_above": _bounded_int(0, 2**62),
     "lock_wait": _non_negative_float,
+    "databases": _databases,
 }
 
 
@@ -128,7 +152,10 @@ def settings_from_mapping(values: Mapping[str, Any], *, root: Path | None = None
         try:
             parsed[key] = parser(value)
         except ValueError as error:
-            problems.append(f"backup.{key} = {value!r} is not allowed: expected {error}")
+            if key == "databases":  # never echo a value that may hold a password
+                problems.append(f"backup.databases is not allowed: expected {error}")
+            else:
+                problems.append(f"backup.{key} = {value!r} is not allowed: expected {error}")
     if problems:
         raise ConfigError("; ".join(problems))
     project_root = Path(parsed.pop("root", root or Path.cwd())).resolve()
@@ -182,7 +209,7 @@ def load_settings(root: Path | None = None, **overrides: Any) -> Settings:
 
 
 #: Sub-sections of ``backup:`` owned by other parts of dbkeep (routines, notifications).
-EXTERNAL_SECTIONS = ("retention", "notify", "maintenance", "databases", "report")
+EXTERNAL_SECTIONS = ("retention", "notify", "maintenance", "report")
 
 
 def to_plain(value: Any) -> Any:
