@@ -47,7 +47,7 @@ from .sources import (
     select_files,
 )
 from .sources.plainfile import move_aside_sidecars
-from .storage import LocalStorage
+from .storage import open_storage
 from .verification import Problem, VerifyReport, verify_repository
 
 READ_PIECE = 1024 * 1024
@@ -58,7 +58,7 @@ def _utc_now() -> datetime:
 
 
 def open_repository(settings: Settings, *, create: bool = False) -> Repository:
-    storage = LocalStorage(settings.repository)
+    storage = open_storage(settings.repository)
     if create:
         return Repository.open_or_init(storage, chunk_size=settings.chunk_size, compression_level=settings.compression_level)
     return Repository.open(storage)

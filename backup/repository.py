@@ -265,7 +265,9 @@ class Repository:
     def remove_stale_temps(self) -> int:
         """Remove temp files killed writers left behind; call only under the exclusive lock."""
         if not isinstance(self.storage, LocalStorage):
-            return 0
+            # Remote stores keep no temp files; a killed upload leaves billed parts instead.
+            abort_stale_uploads = getattr(self.storage, "abort_stale_uploads", None)
+            return abort_stale_uploads() if abort_stale_uploads is not None else 0
         return sum(self.storage.remove_stale_temps(folder) for folder in (*FOLDERS, "tmp") if self.storage.exists(folder)) + (
             fsio.remove_stale_temps(self.storage.root)
         )

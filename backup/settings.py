@@ -8,7 +8,11 @@ reported at once, each naming the key, the value and what is allowed.
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -30,7 +34,8 @@ class Settings:
     """Everything an operation needs to know about where and how to back up."""
 
     root: Path
-    repository: Path
+    #: A local directory, or an ``s3://bucket/prefix`` location (kept as text).
+    repository: Path | str
     include: tuple[str, ...] = DEFAULT_INCLUDE
     exclude: tuple[str, ...] = ()
     compression_level: int = DEFAULT_COMPRESSION_LEVEL
@@ -41,7 +46,18 @@ class Settings:
 
     @property
     def scratch_directory(self) -> Path:
-        return self.repository / "tmp"
+        """Private space for captures: inside a local repository, else a private temp dir."""
+        if isinstance(self.repository, Path):
+            return self.repository / "tmp"
+        return _private_scratch()
+
+
+@functools.cache
+def _private_scratch() -> Path:
+    """A 0700 directory of this process for remote repositories, removed at exit."""
+    path = Path(tempfile.mkdtemp(prefix="dbkeep-scratch-"))
+    atexit.register(shutil.rmtree, path, True)
+    return path
 
 
 def _as_tuple_of_strings(value: Any) -> tuple[str, ...]:
@@ -90,6 +106,18 @@ def _non_negative_float(value: Any) -> float:
     return number
 
 
+def _repository(value: Any) -> Path | str:
+    if isinstance(value, str) and value.startswith("s3://"):
+        from .s3storage import parse_s3_location
+
+        try:
+            parse_s3_location(value)
+        except ConfigError as error:
+            raise ValueError(f"an s3://bucket/prefix location ({error})") from None
+        return value
+    return _path(value)
+
+
 def _path(value: Any) -> Path:
     if not isinstance(value, (str, os.PathLike)) or not str(value):
         raise ValueError("a directory path")
@@ -98,7 +126,7 @@ def _path(value: Any) -> Path:
 
 PARSERS: dict[str, Callable[[Any], Any]] = {
     "root": _path,
-    "repository": _path,
+    "repository": _repository,
     "include": _as_tuple_of_strings,
     "exclude": _as_tuple_of_strings,
     "compression_level": _bounded_int(0, 22),
@@ -133,10 +161,10 @@ def settings_from_mapping(values: Mapping[str, Any], *, root: Path | None = None
         raise ConfigError("; ".join(problems))
     project_root = Path(parsed.pop("root", root or Path.cwd())).resolve()
     repository = parsed.pop("repository", Path(DEFAULT_REPOSITORY))
-    if not repository.is_absolute():
-        repository = project_root / repository
+    if isinstance(repository, Path):
+        repository = Path(os.path.abspath(repository if repository.is_absolute() else project_root / repository))
     known = {field.name for field in fields(Settings)}
-    return Settings(root=project_root, repository=Path(os.path.abspath(repository)), **{k: v for k, v in parsed.items() if k in known})
+    return Settings(root=project_root, repository=repository, **{k: v for k, v in parsed.items() if k in known})
 
 
 def config_defaults() -> dict[str, Any]:

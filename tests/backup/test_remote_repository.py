@@ -1,0 +1,97 @@
+"""Backups, restores, verification and pruning with the repository in S3.
+
+The same operations as on a local repository, with ``repository: s3://bucket/prefix``
+and the AWS environment pointing at the loopback S3 server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from backup import clean_old_backups, create_backup, list_backups, restore_backup, settings_from_mapping, verify_backup
+from backup.errors import ConfigError, RepositoryNotFound
+from backup.sources import logical_dump_digest
+from tests.s3_support import admin_client, aws_environment, new_bucket, s3_server  # noqa: F401
+
+
+def make_database(path: Path, rows: int, *, start: int = 0) -> None:
+    with contextlib.closing(sqlite3.connect(path)) as connection, connection:
+        connection.execute("CREATE TABLE IF NOT EXISTS items (id INTEGER PRIMARY KEY, body TEXT)")
+        connection.executemany("INSERT INTO items VALUES (?, ?)", ((start + index, f"row {start + index} " * 20) for index in range(rows)))
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    root = tmp_path / "project"
+    root.mkdir()
+    make_database(root / "app.db", 2000)
+    (root / "notes.sqlite").write_bytes(b"")  # empty files are backed up too
+    return root
+
+
+@pytest.fixture
+def remote_settings(aws_environment: str, project: Path):
+    bucket = new_bucket(aws_environment)
+    return settings_from_mapping({"repository": f"s3://{bucket}/backups/app", "include": ["*.db"]}, root=project)
+
+
+def test_settings_keep_an_s3_location_as_text_and_scratch_outside_the_project(remote_settings) -> None:
+    assert isinstance(remote_settings.repository, str) and remote_settings.repository.endswith("/backups/app")
+    scratch = remote_settings.scratch_directory
+    assert scratch.is_dir() and (scratch.stat().st_mode & 0o777) == 0o700
+    assert remote_settings.root not in scratch.parents
+
+
+def test_settings_refuse_a_malformed_s3_location(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="backup.repository"):
+        settings_from_mapping({"repository": "s3://UPPER/x"}, root=tmp_path)
+
+
+def test_backup_to_s3_restores_the_same_database(remote_settings, project: Path) -> None:
+    database = project / "app.db"
+    before = logical_dump_digest(database)
+    report = create_backup(remote_settings, tag="manual")
+    assert report.stats.new_chunks > 0
+    make_database(database, 10, start=10_000)
+    assert logical_dump_digest(database) != before
+    restored = restore_backup(remote_settings, report.snapshot.id, force=True)
+    assert logical_dump_digest(database) == before
+    assert restored.safety_snapshot is not None
+    assert verify_backup(remote_settings, read_data=True).ok
+
+
+def test_second_backup_to_s3_reuses_unchanged_chunks(remote_settings, project: Path) -> None:
+    first = create_backup(remote_settings)
+    make_database(project / "app.db", 1, start=50_000)
+    second = create_backup(remote_settings)
+    assert second.stats.reused_chunks > 0
+    assert second.stats.new_chunks < first.stats.new_chunks
+    assert [snapshot.id for snapshot in list_backups(remote_settings).snapshots] == [first.snapshot.id, second.snapshot.id]
+
+
+def test_clean_on_s3_removes_old_snapshots_and_their_packs(remote_settings, project: Path, aws_environment: str) -> None:
+    for round_number in range(3):
+        (project / "app.db").unlink()
+        make_database(project / "app.db", 500, start=100_000 * (round_number + 1))
+        create_backup(remote_settings)
+    report = clean_old_backups(remote_settings, keep_last=1)
+    assert len(report.removed) == 2 and report.packs_removed >= 1
+    assert verify_backup(remote_settings, read_data=True).ok
+    assert len(list_backups(remote_settings).snapshots) == 1
+
+
+def test_restore_from_an_empty_s3_prefix_says_there_is_no_repository(remote_settings) -> None:
+    with pytest.raises(RepositoryNotFound, match="s3://"):
+        list_backups(remote_settings)
+
+
+def test_s3_repository_leaves_no_lock_or_lease_behind(remote_settings, aws_environment: str) -> None:
+    create_backup(remote_settings)
+    bucket = remote_settings.repository.split("/")[2]
+    keys = [item["Key"] for item in admin_client(aws_environment).list_objects_v2(Bucket=bucket)["Contents"]]
+    assert not [key for key in keys if "/locks/" in key]
+    assert "backups/app/config.json" in keys
