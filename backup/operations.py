@@ -21,6 +21,7 @@ from pathlib import Path
 import pathspec
 
 from . import fsio, locking
+from .crypto import passphrase_from_environment
 from .errors import (
     BackupError,
     CorruptData,
@@ -32,7 +33,6 @@ from .errors import (
 )
 from .lookup import resolve_snapshot
 from .manifest import FileEntry, Snapshot, SnapshotStats
-from .pack import chunk_id_of
 from .provenance import TOOL_VERSION, git_info, host_name, user_name
 from .repository import Repository
 from .settings import Settings
@@ -59,9 +59,16 @@ def _utc_now() -> datetime:
 
 def open_repository(settings: Settings, *, create: bool = False) -> Repository:
     storage = open_storage(settings.repository)
+    encrypt = settings.encryption != "none"
     if create:
-        return Repository.open_or_init(storage, chunk_size=settings.chunk_size, compression_level=settings.compression_level)
-    return Repository.open(storage)
+        return Repository.open_or_init(
+            storage,
+            chunk_size=settings.chunk_size,
+            compression_level=settings.compression_level,
+            passphrase=passphrase_from_environment,
+            encrypt=encrypt,
+        )
+    return Repository.open(storage, passphrase=passphrase_from_environment, require_encryption=encrypt)
 
 
 # -- create --------------------------------------------------------------------------
@@ -254,7 +261,7 @@ def _store_stream(writer, pieces: Iterable[bytes], chunk_size: int, stats: _Coun
     for chunk in _fixed_chunks(pieces, chunk_size):
         whole.update(chunk)
         size += len(chunk)
-        chunk_id = chunk_id_of(chunk)
+        chunk_id = writer.chunk_id(chunk)
         chunk_ids.append(chunk_id)
         if writer.add(chunk_id, chunk):
             stats.new_chunks += 1

@@ -43,6 +43,8 @@ class Settings:
     keep_last: int = DEFAULT_KEEP_LAST
     quick_check_above: int = GIB
     lock_wait: float = DEFAULT_LOCK_WAIT
+    #: "none" or "aes-256-gcm": used when the repository is created, then required.
+    encryption: str = "none"
 
     @property
     def scratch_directory(self) -> Path:
@@ -124,6 +126,14 @@ def _path(value: Any) -> Path:
     return Path(value)
 
 
+def _encryption(value: Any) -> str:
+    if value in ("none", False, None):
+        return "none"
+    if value in ("aes-256-gcm", True):
+        return "aes-256-gcm"
+    raise ValueError("'none' or 'aes-256-gcm' (the passphrase comes from DBKEEP_PASSWORD, never from a setting)")
+
+
 PARSERS: dict[str, Callable[[Any], Any]] = {
     "root": _path,
     "repository": _repository,
@@ -134,6 +144,7 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "keep_last": _bounded_int(1, 1_000_000),
     "quick_check_above": _bounded_int(0, 2**62),
     "lock_wait": _non_negative_float,
+    "encryption": _encryption,
 }
 
 
@@ -178,6 +189,7 @@ def config_defaults() -> dict[str, Any]:
         "keep_last": DEFAULT_KEEP_LAST,
         "quick_check_above": GIB,
         "lock_wait": DEFAULT_LOCK_WAIT,
+        "encryption": "none",
     }
 
 
