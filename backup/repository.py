@@ -55,6 +55,8 @@ PACK_TARGET_BYTES = 16 * 1024 * 1024
 FRAME_TARGET_BYTES = 128 * 1024
 #: How many chunk ids one chunk list holds; a changed chunk rewrites one list.
 CHUNK_LIST_FANOUT = 128
+READAHEAD_MIN = 256 * 1024
+READAHEAD_MAX = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -189,6 +191,11 @@ class Repository:
         self.keys = keys
         self._index: Index | None = None
         self._frame_cache: tuple[tuple[str, int], bytes] | None = None
+        #: Read-ahead window (pack id, offset, bytes): sequential frame reads become
+        #: one large ranged read instead of one request per frame (S3 latency).
+        #: Two windows, so reading a chunk list between data frames keeps the data window.
+        self._windows: list[tuple[str, int, bytes]] = []
+        self._readahead = 0
 
     @property
     def encrypted(self) -> bool:
@@ -426,7 +433,7 @@ class Repository:
         if self._frame_cache is not None and self._frame_cache[0] == key:
             return self._frame_cache[1]
         try:
-            data = self.storage.get_range(pack_name(pack_id), entry.frame_offset, entry.frame_length)
+            data = self._read_pack_range(pack_id, entry.frame_offset, entry.frame_length)
         except StorageError as error:
             raise CorruptPack(f"pack {pack_id} cannot be read for chunk {entry.chunk_id}: {error}") from error
         if self.keys is not None:
@@ -435,6 +442,34 @@ class Repository:
         frame = packformat.decompress_frame(data, entry.compression)
         self._frame_cache = (key, frame)
         return frame
+
+    def _read_pack_range(self, pack_id: str, offset: int, length: int) -> bytes:
+        """Bytes of a pack, reading ahead (doubling up to READAHEAD_MAX) while access is sequential.
+
+        Memory stays bounded by one window; a random access pattern reads exactly
+        what is asked. If the read-ahead fails (a truncated pack), the exact range
+        is read again so an intact frame is never blamed for damage past it.
+        """
+        for window in self._windows:
+            if window[0] == pack_id and window[1] <= offset and offset + length <= window[1] + len(window[2]):
+                start = offset - window[1]
+                return window[2][start : start + length]
+        sequential = any(window[0] == pack_id and offset == window[1] + len(window[2]) for window in self._windows)
+        self._readahead = min(max(self._readahead * 2, READAHEAD_MIN), READAHEAD_MAX) if sequential else 0
+        pack_size = self.index().pack_sizes.get(pack_id, 0)
+        want = max(length, min(length + self._readahead, pack_size - offset))
+        name = pack_name(pack_id)
+        try:
+            data = self.storage.get_range(name, offset, want)
+        except StorageError:
+            if want == length:
+                raise
+            self._readahead = 0
+            want = length
+            data = self.storage.get_range(name, offset, length)
+        self._windows = [window for window in self._windows if not (window[0] == pack_id and offset == window[1] + len(window[2]))]
+        self._windows = [(pack_id, offset, data), *self._windows][:2]
+        return data[:length] if want > length else data
 
     def read_chunk(self, chunk_id: str) -> bytes:
         """The chunk's bytes, hash-checked; raises CorruptData if no copy is right.

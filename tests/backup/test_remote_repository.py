@@ -95,3 +95,28 @@ def test_s3_repository_leaves_no_lock_or_lease_behind(remote_settings, aws_envir
     keys = [item["Key"] for item in admin_client(aws_environment).list_objects_v2(Bucket=bucket)["Contents"]]
     assert not [key for key in keys if "/locks/" in key]
     assert "backups/app/config.json" in keys
+
+
+def test_read_ahead_never_blames_an_intact_frame_for_damage_past_it(project: Path, tmp_path: Path) -> None:
+    """Sequential reads fetch ahead; a pack cut short after frame k still yields frames 0..k."""
+    from backup.errors import CorruptData
+    from backup.repository import Repository
+    from backup.storage import LocalStorage
+
+    settings = settings_from_mapping({"repository": str(tmp_path / "repo"), "include": ["*.db"], "compression_level": 0}, root=project)
+    snapshot = create_backup(settings).snapshot
+    repository = Repository.open(LocalStorage(tmp_path / "repo"))
+    chunk_ids = list(repository.chunk_ids_of(snapshot.files[0].chunk_lists))
+    locations = [repository.locate(chunk_id)[0] for chunk_id in chunk_ids]
+    pack_id = locations[0].pack_id
+    frame_offsets = sorted({location.entry.frame_offset for location in locations if location.pack_id == pack_id})
+    assert len(frame_offsets) >= 3
+    cut = frame_offsets[2]
+    pack = next((tmp_path / "repo" / "packs").rglob(pack_id))
+    pack.write_bytes(pack.read_bytes()[:cut])
+    fresh = Repository.open(LocalStorage(tmp_path / "repo"))
+    intact = [chunk_id for chunk_id, location in zip(chunk_ids, locations) if location.pack_id == pack_id and location.entry.frame_offset < cut]
+    damaged = [chunk_id for chunk_id, location in zip(chunk_ids, locations) if location.pack_id == pack_id and location.entry.frame_offset >= cut]
+    assert [len(fresh.read_chunk(chunk_id)) for chunk_id in intact] == [location.entry.length for location in locations[: len(intact)]]
+    with pytest.raises(CorruptData):
+        fresh.read_chunk(damaged[0])
