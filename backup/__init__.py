@@ -11,6 +11,7 @@ The library API. Everything the command line does is one call here plus renderin
 
 from .errors import (
     AmbiguousSnapshot,
+    AuthenticationFailed,
     BackupError,
     ConfigError,
     CorruptChunk,
@@ -28,7 +29,10 @@ from .errors import (
     StorageError,
     UsageError,
     VerificationFailed,
+    WeakKeyDerivation,
+    WrongPassphrase,
 )
+from .keys import KeyInfo, add_key, change_passphrase, init_repository, list_keys, remove_key
 from .manifest import FileEntry, Snapshot, SQLiteInfo
 from .operations import (
     BackupReport,
@@ -48,20 +52,27 @@ from .operations import (
 )
 from .provenance import TOOL_VERSION as __version__
 from .settings import Settings, load_settings, settings_from_mapping
+from .transfer import CopyReport, ImportLimits, ImportRefused, ImportReport, copy_snapshots, import_archive
 from .verification import Problem, VerifyReport
 
 __all__ = [
     "AmbiguousSnapshot",
+    "AuthenticationFailed",
     "BackupError",
     "BackupReport",
     "CleanReport",
     "ConfigError",
+    "CopyReport",
     "CorruptChunk",
     "CorruptData",
     "CorruptIndex",
     "CorruptManifest",
     "CorruptPack",
     "FileEntry",
+    "ImportLimits",
+    "ImportRefused",
+    "ImportReport",
+    "KeyInfo",
     "LockLost",
     "NoSpace",
     "Problem",
@@ -80,15 +91,24 @@ __all__ = [
     "UsageError",
     "VerificationFailed",
     "VerifyReport",
+    "WeakKeyDerivation",
+    "WrongPassphrase",
     "__version__",
+    "add_key",
+    "change_passphrase",
     "clean_old_backups",
+    "copy_snapshots",
     "create_backup",
     "create_safety_backup",
     "find_snapshot",
     "guard",
+    "import_archive",
+    "init_repository",
     "list_backups",
+    "list_keys",
     "load_settings",
     "plan_restore",
+    "remove_key",
     "restore_backup",
     "settings_from_mapping",
     "verify_backup",

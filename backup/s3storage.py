@@ -8,8 +8,8 @@ snapshots, chunks or databases: it stores opaque named objects like the local
 backend does.
 
 Location: ``s3://bucket/prefix``, optionally with query parameters
-``endpoint_url``, ``region``, ``profile`` and ``conditional_writes`` (auto, on,
-off). Without them, endpoint, region and credentials come from the usual AWS
+``endpoint_url``, ``region``, ``profile``, ``conditional_writes`` (auto, on,
+off) and ``max_attempts`` (1-30, default 8). Without them, endpoint, region and credentials come from the usual AWS
 environment and config files (``AWS_ENDPOINT_URL``, ``AWS_REGION``,
 ``AWS_PROFILE``, ``~/.aws/config``, instance roles ...).
 
@@ -92,7 +92,7 @@ _THROTTLING_CODES = frozenset(
         "ServiceUnavailable",
     }
 )
-_QUERY_KEYS = frozenset({"endpoint_url", "region", "profile", "conditional_writes"})
+_QUERY_KEYS = frozenset({"endpoint_url", "region", "profile", "conditional_writes", "max_attempts"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -119,6 +119,7 @@ class S3Location:
     region: str | None = None
     profile: str | None = None
     conditional_writes: str = "auto"
+    max_attempts: int = 8
 
     @property
     def url(self) -> str:
@@ -156,6 +157,9 @@ def parse_s3_location(text: str) -> S3Location:
     conditional = values.get("conditional_writes", "auto")
     if conditional not in {"auto", "on", "off"}:
         raise ConfigError(f"repository {text!r}: conditional_writes must be auto, on or off")
+    attempts = values.get("max_attempts", "8")
+    if not attempts.isdigit() or not 1 <= int(attempts) <= 30:
+        raise ConfigError(f"repository {text!r}: max_attempts must be a whole number from 1 to 30")
     return S3Location(
         bucket=bucket,
         prefix=prefix,
@@ -163,6 +167,7 @@ def parse_s3_location(text: str) -> S3Location:
         region=values.get("region") or None,
         profile=values.get("profile") or None,
         conditional_writes=conditional,
+        max_attempts=int(attempts),
     )
 
 
@@ -277,7 +282,7 @@ class S3Storage:
         location: S3Location,
         *,
         client: Any = None,
-        retry: RetryPolicy = RetryPolicy(),
+        retry: RetryPolicy | None = None,
         part_size: int = DEFAULT_PART_SIZE,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         lease_wait: float = DEFAULT_LEASE_WAIT,
@@ -291,7 +296,7 @@ class S3Storage:
         self.prefix = location.prefix
         self.location = location.url
         self.client = client if client is not None else make_client(location)
-        self.retry = retry
+        self.retry = retry if retry is not None else RetryPolicy(attempts=location.max_attempts)
         self.part_size = part_size
         self.lease_seconds = lease_seconds
         self.lease_wait = lease_wait

@@ -15,7 +15,7 @@ import pytest
 from backup import clean_old_backups, create_backup, list_backups, restore_backup, settings_from_mapping, verify_backup
 from backup.errors import ConfigError, RepositoryNotFound
 from backup.sources import logical_dump_digest
-from tests.s3_support import admin_client, aws_environment, new_bucket, s3_server  # noqa: F401
+from tests.s3_support import admin_client, aws_environment, fault_proxy, new_bucket, s3_server  # noqa: F401
 
 
 def make_database(path: Path, rows: int, *, start: int = 0) -> None:
@@ -120,3 +120,22 @@ def test_read_ahead_never_blames_an_intact_frame_for_damage_past_it(project: Pat
     assert [len(fresh.read_chunk(chunk_id)) for chunk_id in intact] == [location.entry.length for location in locations[: len(intact)]]
     with pytest.raises(CorruptData):
         fresh.read_chunk(damaged[0])
+
+
+def test_clean_on_s3_with_a_failing_listing_deletes_nothing(project: Path, aws_environment: str, fault_proxy) -> None:
+    from backup.errors import StorageError
+    from tests.s3_support import Rule
+
+    proxy, endpoint = fault_proxy
+    bucket = new_bucket(aws_environment)
+    settings = settings_from_mapping({"repository": f"s3://{bucket}/repo?endpoint_url={endpoint}&max_attempts=2", "include": ["*.db"]}, root=project)
+    for round_number in range(3):
+        make_database(project / "app.db", 50, start=200_000 * (round_number + 1))
+        create_backup(settings)
+    keys_before = sorted(item["Key"] for item in admin_client(aws_environment).list_objects_v2(Bucket=bucket)["Contents"])
+    proxy.add(Rule(method="GET", contains="prefix=repo%2Fpacks", status=503, code="SlowDown", times=-1))
+    proxy.add(Rule(method="GET", contains="prefix=repo/packs", status=503, code="SlowDown", times=-1))
+    with pytest.raises(StorageError):
+        clean_old_backups(settings, keep_last=1)
+    keys_after = sorted(item["Key"] for item in admin_client(aws_environment).list_objects_v2(Bucket=bucket)["Contents"])
+    assert [key for key in keys_after if "/locks/" not in key] == [key for key in keys_before if "/locks/" not in key]
