@@ -321,3 +321,35 @@ def test_encryption_setting_on_an_existing_plain_repository_is_refused(project: 
     encrypted = settings_from_mapping({"include": ["*.db"], "encryption": "aes-256-gcm"}, root=project)
     with pytest.raises(ConfigError, match="chosen when a repository is created"):
         create_backup(encrypted)
+
+
+def test_frames_swapped_inside_a_pack_fail_the_keyed_id_check(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DBKEEP_PASSWORD", PASSPHRASE)
+    settings = settings_from_mapping({"encryption": "aes-256-gcm", "include": ["*.db"], "compression_level": 0}, root=project)
+    snapshot = create_backup(settings).snapshot
+    repository = open_repository(settings)
+    entries = sorted({location.entry.frame_offset: location for location in repository.index().locations.values()}.values(), key=lambda l: l.entry.frame_offset)
+    first, second = entries[0].entry, entries[1].entry
+    assert first.frame_length == second.frame_length and entries[0].pack_id == entries[1].pack_id
+    pack = next((Path(settings.repository) / "packs").rglob(entries[0].pack_id))
+    data = bytearray(pack.read_bytes())
+    a = bytes(data[first.frame_offset : first.frame_offset + first.frame_length])
+    b = bytes(data[second.frame_offset : second.frame_offset + second.frame_length])
+    data[first.frame_offset : first.frame_offset + first.frame_length] = b
+    data[second.frame_offset : second.frame_offset + second.frame_length] = a
+    pack.write_bytes(bytes(data))
+    report = verify_backup(settings, read_data=True)
+    assert any("keyed id" in problem.message for problem in report.problems)
+    with pytest.raises(VerificationFailed, match="keyed id"):
+        restore_backup(settings, snapshot.id, target=project.parent / "restored", force=True)
+
+
+def test_index_of_an_encrypted_repository_can_be_rebuilt_from_its_packs(settings, backed_up) -> None:
+    repository = open_repository(settings)
+    before = dict(repository.index().locations)
+    for path in (Path(settings.repository) / "index").iterdir():
+        path.unlink()
+    packs, problems = repository.rebuild_index()
+    assert packs >= 1 and problems == []
+    assert open_repository(settings).index().locations == before
+    assert verify_backup(settings, read_data=True).ok
