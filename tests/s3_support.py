@@ -24,8 +24,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-boto3 = pytest.importorskip("boto3")
-moto_server = pytest.importorskip("moto.moto_server.threaded_moto_server")
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
@@ -33,6 +31,8 @@ CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[str]:
     """The endpoint URL of a moto S3 server on 127.0.0.1, for the whole session."""
+    pytest.importorskip("boto3")
+    moto_server = pytest.importorskip("moto.moto_server.threaded_moto_server")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
@@ -44,13 +44,15 @@ def s3_server() -> Iterator[str]:
 
 
 @pytest.fixture
-def aws_environment(monkeypatch: pytest.MonkeyPatch, s3_server: str, tmp_path) -> str:
+def aws_environment(monkeypatch: pytest.MonkeyPatch, s3_server: str) -> str:
     """AWS settings as a user would have them, pointing at the loopback server."""
     for name, value in CREDENTIALS.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    # Fixed paths that never exist: the same environment in every test lets the
+    # (slow to build) boto3 session be reused.
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/dbkeep-tests/aws-config")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/dbkeep-tests/aws-credentials")
     for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     return s3_server
@@ -59,6 +61,8 @@ def aws_environment(monkeypatch: pytest.MonkeyPatch, s3_server: str, tmp_path) -
 @functools.cache
 def admin_client(endpoint: str):
     """A plain boto3 client for setting up and inspecting buckets behind dbkeep's back."""
+    import boto3
+
     return boto3.session.Session(
         aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1"
     ).client("s3", endpoint_url=endpoint)
