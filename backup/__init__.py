@@ -11,6 +11,7 @@ The library API. Everything the command line does is one call here plus renderin
 
 from .errors import (
     AmbiguousSnapshot,
+    AuthenticationFailed,
     BackupError,
     ConfigError,
     CorruptChunk,
@@ -28,10 +29,13 @@ from .errors import (
     StorageError,
     UsageError,
     VerificationFailed,
+    WeakKeyDerivation,
+    WrongPassphrase,
 )
 from .export import ExportReport, export_snapshot
 from .inspection import Comparison, FileComparison, SizeReport, compare_snapshot, list_snapshots, repository_size
 from .manifest import FileEntry, ServerInfo, Snapshot, SQLiteInfo
+from .keys import KeyInfo, add_key, change_passphrase, init_repository, list_keys, remove_key
 from .operations import (
     BackupReport,
     CleanReport,
@@ -55,16 +59,19 @@ from .prune import PruneOptions, PruneRefused
 from .retention import PolicyRefused, RetentionPolicy, apply_policy
 from .sample import SampleReport, create_sample_project
 from .settings import Settings, load_settings, settings_from_mapping
+from .transfer import CopyReport, ImportLimits, ImportRefused, ImportReport, copy_snapshots, import_archive
 from .unlocking import UnlockReport, unlock_repository
 from .verification import Problem, VerifyReport
 
 __all__ = [
     "AmbiguousSnapshot",
+    "AuthenticationFailed",
     "BackupError",
     "BackupReport",
     "CleanReport",
     "Comparison",
     "ConfigError",
+    "CopyReport",
     "CorruptChunk",
     "CorruptData",
     "CorruptIndex",
@@ -74,6 +81,10 @@ __all__ = [
     "ExportReport",
     "FileComparison",
     "FileEntry",
+    "ImportLimits",
+    "ImportRefused",
+    "ImportReport",
+    "KeyInfo",
     "LockLost",
     "NoSpace",
     "PolicyRefused",
@@ -100,10 +111,15 @@ __all__ = [
     "UsageError",
     "VerificationFailed",
     "VerifyReport",
+    "WeakKeyDerivation",
+    "WrongPassphrase",
     "__version__",
+    "add_key",
     "apply_policy",
+    "change_passphrase",
     "clean_old_backups",
     "compare_snapshot",
+    "copy_snapshots",
     "create_backup",
     "create_safety_backup",
     "create_sample_project",
@@ -111,10 +127,14 @@ __all__ = [
     "export_snapshot",
     "find_snapshot",
     "guard",
+    "import_archive",
+    "init_repository",
     "list_backups",
+    "list_keys",
     "list_snapshots",
     "load_settings",
     "plan_restore",
+    "remove_key",
     "repository_size",
     "restore_backup",
     "settings_from_mapping",

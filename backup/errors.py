@@ -13,6 +13,7 @@ the class only.
     ├── RepositoryNotFound     no repository at the configured location
     ├── RepositoryLocked       another process holds the lock
     ├── LockLost               this process's lock vanished or could not be refreshed
+    ├── WrongPassphrase        no key file of an encrypted repository opens with the passphrase
     ├── StorageError           reading or writing repository files failed
     │   └── NoSpace            the file system is full
     ├── SourceError            a database or file could not be read or written back
@@ -21,7 +22,9 @@ the class only.
         ├── CorruptChunk
         ├── CorruptPack
         ├── CorruptIndex
-        └── CorruptManifest
+        ├── CorruptManifest
+        ├── AuthenticationFailed   an encrypted object was changed, swapped or replayed
+        └── WeakKeyDerivation      a key file asks for scrypt parameters below the minimum
 """
 
 from __future__ import annotations
@@ -66,6 +69,10 @@ class LockLost(BackupError):
     """Our own lock disappeared or could not be refreshed: nothing may be published."""
 
 
+class WrongPassphrase(BackupError):
+    """The passphrase opens none of an encrypted repository's key files; nothing changed."""
+
+
 class StorageError(BackupError):
     """A repository file could not be read, written, listed or removed."""
 
@@ -104,3 +111,11 @@ class CorruptIndex(CorruptData):
 
 class CorruptManifest(CorruptData):
     """A snapshot manifest does not parse, fails its checksum, or breaks the format."""
+
+
+class AuthenticationFailed(CorruptData):
+    """An encrypted object fails AES-GCM or keyed-id authentication: it was tampered with."""
+
+
+class WeakKeyDerivation(CorruptData):
+    """A key file asks for scrypt parameters below the enforced minimum; it is refused."""

@@ -123,13 +123,14 @@ class SizeReport:
         return self.logical_bytes / self.repository_bytes if self.repository_bytes else None
 
 
-def _directory_bytes(path: Path) -> int:
+def _stored_bytes(repository) -> int:
+    """Bytes of every object the repository holds, on any storage backend."""
     total = 0
-    for directory, _subdirectories, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(directory, name)).st_size
-    return total
+    for folder in ("snapshots", "packs", "index", "locks", "keys"):
+        if repository.storage.exists(folder) or folder in ("snapshots", "packs", "index"):
+            total += sum(info.size for info in repository.storage.list(folder))
+    config = repository.storage.stat("config.json")
+    return total + (config.size if config else 0)
 
 
 def repository_size(settings: Settings) -> SizeReport:
@@ -192,7 +193,7 @@ def repository_size(settings: Settings) -> SizeReport:
     referenced = set(counts)
     return SizeReport(
         repository=str(settings.repository),
-        repository_bytes=_directory_bytes(settings.repository),
+        repository_bytes=_stored_bytes(repository),
         pack_bytes=sum(pack_sizes.values()),
         pack_count=len(pack_sizes),
         snapshot_count=len(snapshots),

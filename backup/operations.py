@@ -24,6 +24,7 @@ import pathspec
 
 from . import fsio, locking, progress, servers
 from .chunking import content_defined_chunks
+from .crypto import passphrase_from_environment
 from .errors import (
     BackupError,
     CorruptData,
@@ -37,7 +38,6 @@ from .errors import (
 from .ledger import load_ledger
 from .lookup import resolve_snapshot
 from .manifest import FileEntry, Snapshot, SnapshotStats
-from .pack import chunk_id_of
 from .readback import read_back
 from .provenance import TOOL_VERSION, git_info, host_name, user_name
 from .prune import PruneOptions
@@ -55,8 +55,8 @@ from .sources import (
     select_files,
 )
 from .sources.plainfile import move_aside_sidecars
-from .storage import LocalStorage, describe_os_error
 from .sources.server import DatabaseConfig, DrillResult, capture_database
+from .storage import describe_os_error, open_storage
 from .verification import Problem, VerifyReport, verify_repository
 
 READ_PIECE = 1024 * 1024
@@ -67,10 +67,17 @@ def _utc_now() -> datetime:
 
 
 def open_repository(settings: Settings, *, create: bool = False) -> Repository:
-    storage = LocalStorage(settings.repository)
+    storage = open_storage(settings.repository)
+    encrypt = settings.encryption != "none"
     if create:
-        return Repository.open_or_init(storage, chunk_size=settings.chunk_size, compression_level=settings.compression_level)
-    return Repository.open(storage)
+        return Repository.open_or_init(
+            storage,
+            chunk_size=settings.chunk_size,
+            compression_level=settings.compression_level,
+            passphrase=passphrase_from_environment,
+            encrypt=encrypt,
+        )
+    return Repository.open(storage, passphrase=passphrase_from_environment, require_encryption=encrypt)
 
 
 # -- create --------------------------------------------------------------------------
@@ -310,7 +317,7 @@ def _store_stream(
     for chunk in chunker(pieces) if chunker else _fixed_chunks(pieces, chunk_size):
         whole.update(chunk)
         size += len(chunk)
-        chunk_id = chunk_id_of(chunk)
+        chunk_id = writer.chunk_id(chunk)
         chunk_ids.append(chunk_id)
         progress.advance(len(chunk))
         if writer.add(chunk_id, chunk):

@@ -22,7 +22,7 @@ import hashlib
 import io
 import re
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import zstandard
@@ -30,6 +30,8 @@ import zstandard
 from .errors import CorruptChunk, CorruptPack
 
 MAGIC = b"DBKPACK1"
+#: Trailer magic of a pack in an encrypted repository (its header is sealed).
+MAGIC_SEALED = b"DBKPACKE"
 ENTRY = struct.Struct("<32sQIIIB")
 TRAILER = struct.Struct("<I8s")
 COMPRESSION_NONE = 0
@@ -191,6 +193,35 @@ def parse_header(header: bytes, frames_end: int, pack_name: str) -> list[PackEnt
             raise CorruptPack(f"pack {pack_name}: chunk {entry.chunk_id} points past the frame area")
         entries.append(entry)
     return entries
+
+
+def encode_sealed_header(frames: Sequence[tuple[int, Frame]], seal: Callable[[bytes], bytes]) -> bytes:
+    """Header for an encrypted repository: the entries sealed, then the sealed length and magic.
+
+    ``sealed_header || "<I8s"(len(sealed_header), b"DBKPACKE")``; the entries are
+    the same 53-byte entries as in a plain pack, frame offsets and lengths
+    counting the sealed frames.
+    """
+    entries = encode_header(frames)[: -TRAILER.size]
+    sealed = seal(entries)
+    return sealed + TRAILER.pack(len(sealed), MAGIC_SEALED)
+
+
+def parse_sealed_pack(data: bytes, pack_name: str, open_header: Callable[[bytes], bytes]) -> list[PackEntry]:
+    """Parse a whole pack of an encrypted repository; ``open_header`` authenticates the header."""
+    trailer = data[-TRAILER.size :]
+    if len(trailer) != TRAILER.size:
+        raise CorruptPack(f"pack {pack_name} is too short to hold a trailer")
+    length, magic = TRAILER.unpack(trailer)
+    if magic != MAGIC_SEALED:
+        raise CorruptPack(f"pack {pack_name} does not end with the encrypted pack magic; it is truncated, damaged or not from this repository")
+    if length + TRAILER.size > len(data):
+        raise CorruptPack(f"pack {pack_name} claims a header longer than the pack")
+    frames_end = len(data) - TRAILER.size - length
+    header = open_header(data[frames_end : len(data) - TRAILER.size])
+    if len(header) % ENTRY.size:
+        raise CorruptPack(f"pack {pack_name} has a header that is not a whole number of entries")
+    return parse_header(header, frames_end, pack_name)
 
 
 def parse_pack(data: bytes, pack_name: str) -> list[PackEntry]:

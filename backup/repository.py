@@ -9,6 +9,8 @@ formats, never databases: it does not import sqlite3.
 Layout under the repository location (docs/format.md has the bytes):
 
     config.json             sealed JSON: version, id, chunking, compression
+                            (encrypted repositories: an envelope around it, see crypto)
+    keys/<key-id>           encrypted repositories: the master key wrapped per passphrase
     snapshots/<id>.json     sealed manifest; its appearance is the commit point
     packs/<xx>/<pack-id>    frames of chunks with a trailing header
     index/<index-id>        JSON: pack -> chunk locations; named by its SHA-256
@@ -18,18 +20,21 @@ Layout under the repository location (docs/format.md has the bytes):
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import secrets
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import zstandard
 
-from . import fsio
+from . import crypto, fsio
 from . import pack as packformat
 from .errors import (
+    AuthenticationFailed,
+    ConfigError,
     CorruptChunk,
     CorruptData,
     CorruptIndex,
@@ -50,6 +55,8 @@ PACK_TARGET_BYTES = 16 * 1024 * 1024
 FRAME_TARGET_BYTES = 128 * 1024
 #: How many chunk ids one chunk list holds; a changed chunk rewrites one list.
 CHUNK_LIST_FANOUT = 128
+READAHEAD_MIN = 256 * 1024
+READAHEAD_MAX = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -59,15 +66,20 @@ class RepositoryConfig:
     chunk_size: int
     compression: str
     compression_level: int
+    #: "none", or "aes-256-gcm" for an encrypted repository (chunk ids then HMAC-SHA256).
+    encryption: str = "none"
 
     def to_body(self) -> dict[str, object]:
-        return {
+        body: dict[str, object] = {
             "version": self.version,
             "id": self.id,
             "chunk_size": self.chunk_size,
             "compression": self.compression,
             "compression_level": self.compression_level,
         }
+        if self.encryption != "none":  # unencrypted configs stay byte-identical to format 1
+            body["encryption"] = self.encryption
+        return body
 
     @classmethod
     def from_body(cls, body: dict[str, object]) -> RepositoryConfig:
@@ -78,6 +90,7 @@ class RepositoryConfig:
                 chunk_size=int(body["chunk_size"]),  # type: ignore[call-overload]
                 compression=str(body["compression"]),
                 compression_level=int(body["compression_level"]),  # type: ignore[call-overload]
+                encryption=str(body.get("encryption", "none")),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise CorruptManifest(f"repository config is incomplete: {error}") from error
@@ -85,6 +98,8 @@ class RepositoryConfig:
             raise CorruptManifest(f"repository format version {config.version} is not supported; upgrade dbkeep")
         if config.compression not in {"zstd", "none"} or not 512 <= config.chunk_size <= packformat.MAX_FRAME_BYTES:
             raise CorruptManifest("repository config has an unsupported compression or chunk size")
+        if config.encryption not in {"none", crypto.CIPHER}:
+            raise CorruptManifest(f"repository encryption {config.encryption[:40]!r} is not supported; upgrade dbkeep")
         return config
 
 
@@ -146,9 +161,13 @@ def encode_index(packs: dict[str, tuple[int, list[PackEntry]]]) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode() + b"\n"
 
 
-def decode_index(data: bytes, name: str) -> dict[str, tuple[int, list[PackEntry]]]:
-    """Parse one index file; raises CorruptIndex if it is damaged in any way."""
-    if hashlib.sha256(data).hexdigest() != name.rsplit("/", 1)[-1]:
+def decode_index(data: bytes, name: str, *, verify_name: bool = True) -> dict[str, tuple[int, list[PackEntry]]]:
+    """Parse one index file; raises CorruptIndex if it is damaged in any way.
+
+    ``verify_name=False`` when the caller already checked the stored (sealed)
+    bytes against the name and passes the opened plaintext.
+    """
+    if verify_name and hashlib.sha256(data).hexdigest() != name.rsplit("/", 1)[-1]:
         raise CorruptIndex(f"index file {name} does not hash to its name: it was damaged")
     try:
         body = json.loads(data)
@@ -170,52 +189,174 @@ def decode_index(data: bytes, name: str) -> dict[str, tuple[int, list[PackEntry]
 class Repository:
     """A repository on some storage. Open with ``Repository.open`` or ``init``."""
 
-    def __init__(self, storage: Storage, config: RepositoryConfig) -> None:
+    def __init__(self, storage: Storage, config: RepositoryConfig, keys: crypto.MasterKeys | None = None) -> None:
         self.storage = storage
         self.config = config
+        #: The master keys of an encrypted repository; None when it is not encrypted.
+        self.keys = keys
         self._index: Index | None = None
         self._frame_cache: tuple[tuple[str, int], bytes] | None = None
+        #: Read-ahead window (pack id, offset, bytes): sequential frame reads become
+        #: one large ranged read instead of one request per frame (S3 latency).
+        #: Two windows, so reading a chunk list between data frames keeps the data window.
+        self._windows: list[tuple[str, int, bytes]] = []
+        self._readahead = 0
+
+    @property
+    def encrypted(self) -> bool:
+        return self.keys is not None
 
     # -- creation -------------------------------------------------------------------
 
     @classmethod
-    def init(cls, storage: Storage, *, chunk_size: int, compression_level: int) -> Repository:
-        """Create a new, empty repository; refuses if one already exists there."""
+    def init(
+        cls,
+        storage: Storage,
+        *,
+        chunk_size: int,
+        compression_level: int,
+        passphrase: str | None = None,
+        kdf: crypto.KdfParams | None = None,
+    ) -> Repository:
+        """Create a new, empty repository, encrypted when a passphrase is given.
+
+        Refuses to replace an existing one (opens it instead). An encrypted
+        repository's first key file is written before its config, so a config
+        never exists without a key that opens it.
+        """
         config = RepositoryConfig(
             version=FORMAT_VERSION,
             id=secrets.token_hex(16),
             chunk_size=chunk_size,
             compression="zstd" if compression_level > 0 else "none",
             compression_level=compression_level,
+            encryption=crypto.CIPHER if passphrase is not None else "none",
         )
-        for folder in FOLDERS:
+        for folder in (*FOLDERS, "keys") if passphrase is not None else FOLDERS:
             if isinstance(storage, LocalStorage):
                 try:
                     fsio.make_private_dirs(storage.root / folder)
                 except OSError as error:
                     raise describe_os_error("create", storage.root / folder, error) from error
+        if passphrase is None:
+            try:
+                storage.put(CONFIG_NAME, [seal(config.to_body(), kind="config")], exclusive=True)
+            except FileExistsError:
+                return cls.open(storage)
+            return cls(storage, config)
+        crypto.require_cryptography()
+        secret = crypto.new_secret()
+        key_file = crypto.KeyFile.wrap(secret, passphrase, repository_id=config.id, kdf=kdf)
+        keys = crypto.MasterKeys(secret, config.id, key_id=key_file.id)
+        storage.put(key_file.name, [key_file.to_json()], exclusive=True)
+        envelope = crypto.encode_config_envelope(keys, seal(config.to_body(), kind="config"))
         try:
-            storage.put(CONFIG_NAME, [seal(config.to_body(), kind="config")], exclusive=True)
+            storage.put(CONFIG_NAME, [envelope], exclusive=True)
         except FileExistsError:
-            return cls.open(storage)
-        return cls(storage, config)
+            storage.delete(key_file.name)  # another process created the repository first
+            return cls.open(storage, passphrase=lambda: passphrase)
+        return cls(storage, config, keys)
 
     @classmethod
-    def open(cls, storage: Storage) -> Repository:
-        """Open an existing repository; RepositoryNotFound if there is none."""
+    def open(
+        cls,
+        storage: Storage,
+        *,
+        passphrase: Callable[[], str | None] | None = None,
+        require_encryption: bool = False,
+    ) -> Repository:
+        """Open an existing repository; RepositoryNotFound if there is none.
+
+        ``passphrase`` is called only for an encrypted repository. Raises
+        WrongPassphrase when it opens no key file, ConfigError when none is
+        available, and AuthenticationFailed when the config was tampered with,
+        including an unencrypted config where encryption is required or key
+        files exist (a downgrade).
+        """
         if not storage.exists(CONFIG_NAME):
             raise RepositoryNotFound(
                 f"no dbkeep repository at {storage.location}; create a backup first (backup.create) "
                 "or point the 'repository' setting at an existing one"
             )
-        config = RepositoryConfig.from_body(unseal(storage.get(CONFIG_NAME), kind="config"))
-        return cls(storage, config)
+        data = storage.get(CONFIG_NAME)
+        if not crypto.is_config_envelope(data):
+            if require_encryption:
+                raise ConfigError(
+                    f"repository {storage.location} is not encrypted but the encryption setting asks for it; "
+                    "encryption is chosen when a repository is created: copy the snapshots into a new encrypted repository (backup.copy)"
+                )
+            config = RepositoryConfig.from_body(unseal(data, kind="config"))
+            if config.encryption != "none" or _has_key_files(storage):
+                raise AuthenticationFailed(
+                    f"repository {storage.location} has key files or claims encryption but its config is not sealed: "
+                    "it was tampered with (a downgrade to an unencrypted repository); nothing was read"
+                )
+            return cls(storage, config)
+        repository_id, sealed = crypto.parse_config_envelope(data)
+        text = passphrase() if passphrase is not None else None
+        if text is None:
+            raise ConfigError(
+                f"repository {storage.location} is encrypted: set DBKEEP_PASSWORD, DBKEEP_PASSWORD_FILE or DBKEEP_PASSWORD_COMMAND"
+            )
+        keys = crypto.unlock(load_key_files(storage), text, repository_id=repository_id)
+        body = keys.open(sealed, crypto.associated_data("config", repository_id), "repository config")
+        config = RepositoryConfig.from_body(unseal(body, kind="config"))
+        if config.id != repository_id or config.encryption != crypto.CIPHER:
+            raise AuthenticationFailed(f"repository config of {storage.location} does not match its envelope: it was tampered with")
+        return cls(storage, config, keys)
 
     @classmethod
-    def open_or_init(cls, storage: Storage, *, chunk_size: int, compression_level: int) -> Repository:
+    def open_or_init(
+        cls,
+        storage: Storage,
+        *,
+        chunk_size: int,
+        compression_level: int,
+        passphrase: Callable[[], str | None] | None = None,
+        encrypt: bool = False,
+    ) -> Repository:
+        """Open the repository, creating it (encrypted when ``encrypt``) if there is none."""
         if storage.exists(CONFIG_NAME):
-            return cls.open(storage)
-        return cls.init(storage, chunk_size=chunk_size, compression_level=compression_level)
+            return cls.open(storage, passphrase=passphrase, require_encryption=encrypt)
+        if not encrypt:
+            return cls.init(storage, chunk_size=chunk_size, compression_level=compression_level)
+        text = passphrase() if passphrase is not None else None
+        if text is None:
+            raise ConfigError("creating an encrypted repository needs a passphrase: set DBKEEP_PASSWORD, DBKEEP_PASSWORD_FILE or DBKEEP_PASSWORD_COMMAND")
+        return cls.init(storage, chunk_size=chunk_size, compression_level=compression_level, passphrase=text)
+
+    # -- encryption hooks -----------------------------------------------------------
+
+    def chunk_id(self, data: bytes | memoryview) -> str:
+        """A chunk's id: SHA-256 of its bytes, or HMAC-SHA256 under the repository key."""
+        return self.keys.chunk_id(data) if self.keys is not None else packformat.chunk_id_of(data)
+
+    def _aad(self, kind: str, name: str = "") -> bytes:
+        return crypto.associated_data(kind, self.config.id, name)
+
+    def seal_frame(self, data: bytes) -> bytes:
+        assert self.keys is not None
+        return self.keys.seal(data, self._aad("frame"))
+
+    def pack_header(self, frames: list[tuple[int, Frame]]) -> bytes:
+        if self.keys is None:
+            return packformat.encode_header(frames)
+        keys = self.keys
+        return packformat.encode_sealed_header(frames, lambda entries: keys.seal(entries, self._aad("pack-header")))
+
+    def parse_pack(self, data: bytes, pack_id: str) -> list[PackEntry]:
+        """The entries of a whole pack held in memory (verify, index rebuild)."""
+        if self.keys is None:
+            return packformat.parse_pack(data, pack_id)
+        keys = self.keys
+        return packformat.parse_sealed_pack(data, pack_id, lambda sealed: keys.open(sealed, self._aad("pack-header"), f"header of pack {pack_id}"))
+
+    def _decode_index(self, data: bytes, name: str) -> dict[str, tuple[int, list[PackEntry]]]:
+        if self.keys is None:
+            return decode_index(data, name)
+        if hashlib.sha256(data).hexdigest() != name.rsplit("/", 1)[-1]:
+            raise CorruptIndex(f"index file {name} does not hash to its name: it was damaged")
+        return decode_index(self.keys.open_object(data, self._aad("index"), f"index file {name}"), name, verify_name=False)
 
     # -- index ----------------------------------------------------------------------
 
@@ -226,8 +367,8 @@ class Repository:
             for info in self.storage.list("index"):
                 index.files.append(info.name)
                 try:
-                    packs = decode_index(self.storage.get(info.name), info.name)
-                except CorruptIndex as error:
+                    packs = self._decode_index(self.storage.get(info.name), info.name)
+                except (CorruptIndex, AuthenticationFailed) as error:
                     index.problems.append(str(error))
                     continue
                 for pack_id, (size, entries) in packs.items():
@@ -250,7 +391,7 @@ class Repository:
                 data = self.storage.get(info.name)
                 if hashlib.sha256(data).hexdigest() != pack_id:
                     raise CorruptPack(f"pack {pack_id} does not hash to its name")
-                packs[pack_id] = (len(data), packformat.parse_pack(data, pack_id))
+                packs[pack_id] = (len(data), self.parse_pack(data, pack_id))
             except (CorruptData, StorageError) as error:
                 problems.append(str(error))
         old_files = [info.name for info in self.storage.list("index")]
@@ -263,6 +404,8 @@ class Repository:
 
     def _write_index(self, packs: dict[str, tuple[int, list[PackEntry]]]) -> str:
         data = encode_index(packs)
+        if self.keys is not None:
+            data = self.keys.seal_object(data, self._aad("index"))
         name = f"index/{hashlib.sha256(data).hexdigest()}"
         try:
             self.storage.put(name, [data], exclusive=True)
@@ -273,7 +416,9 @@ class Repository:
     def remove_stale_temps(self) -> int:
         """Remove temp files killed writers left behind; call only under the exclusive lock."""
         if not isinstance(self.storage, LocalStorage):
-            return 0
+            # Remote stores keep no temp files; a killed upload leaves billed parts instead.
+            abort_stale_uploads = getattr(self.storage, "abort_stale_uploads", None)
+            return abort_stale_uploads() if abort_stale_uploads is not None else 0
         removed = sum(self.storage.remove_stale_temps(folder) for folder in (*FOLDERS, "tmp") if self.storage.exists(folder))
         try:
             return removed + fsio.remove_stale_temps(self.storage.root)
@@ -299,12 +444,43 @@ class Repository:
         if self._frame_cache is not None and self._frame_cache[0] == key:
             return self._frame_cache[1]
         try:
-            data = self.storage.get_range(pack_name(pack_id), entry.frame_offset, entry.frame_length)
+            data = self._read_pack_range(pack_id, entry.frame_offset, entry.frame_length)
         except StorageError as error:
             raise CorruptPack(f"pack {pack_id} cannot be read for chunk {entry.chunk_id}: {error}") from error
+        if self.keys is not None:
+            # Authenticated before the decompressor sees a byte: tampering is never garbage.
+            data = self.keys.open(data, self._aad("frame"), f"frame at offset {entry.frame_offset} of pack {pack_id}")
         frame = packformat.decompress_frame(data, entry.compression)
         self._frame_cache = (key, frame)
         return frame
+
+    def _read_pack_range(self, pack_id: str, offset: int, length: int) -> bytes:
+        """Bytes of a pack, reading ahead (doubling up to READAHEAD_MAX) while access is sequential.
+
+        Memory stays bounded by one window; a random access pattern reads exactly
+        what is asked. If the read-ahead fails (a truncated pack), the exact range
+        is read again so an intact frame is never blamed for damage past it.
+        """
+        for window in self._windows:
+            if window[0] == pack_id and window[1] <= offset and offset + length <= window[1] + len(window[2]):
+                start = offset - window[1]
+                return window[2][start : start + length]
+        sequential = any(window[0] == pack_id and offset == window[1] + len(window[2]) for window in self._windows)
+        self._readahead = min(max(self._readahead * 2, READAHEAD_MIN), READAHEAD_MAX) if sequential else 0
+        pack_size = self.index().pack_sizes.get(pack_id, 0)
+        want = max(length, min(length + self._readahead, pack_size - offset))
+        name = pack_name(pack_id)
+        try:
+            data = self.storage.get_range(name, offset, want)
+        except StorageError:
+            if want == length:
+                raise
+            self._readahead = 0
+            want = length
+            data = self.storage.get_range(name, offset, length)
+        self._windows = [window for window in self._windows if not (window[0] == pack_id and offset == window[1] + len(window[2]))]
+        self._windows = [(pack_id, offset, data), *self._windows][:2]
+        return data[:length] if want > length else data
 
     def read_chunk(self, chunk_id: str) -> bytes:
         """The chunk's bytes, hash-checked; raises CorruptData if no copy is right.
@@ -321,10 +497,13 @@ class Repository:
                 failures.append(error)
                 continue
             data = frame[entry.offset_in_frame : entry.offset_in_frame + entry.length]
-            if len(data) == entry.length and packformat.chunk_id_of(data) == chunk_id:
+            if len(data) == entry.length and self.chunk_id(data) == chunk_id:
                 return data
             self._frame_cache = None
-            failures.append(CorruptChunk(f"chunk {chunk_id} in pack {location.pack_id} does not match its hash"))
+            if self.keys is not None:
+                failures.append(AuthenticationFailed(f"chunk {chunk_id} in pack {location.pack_id} does not match its keyed id: the frame was swapped or moved"))
+            else:
+                failures.append(CorruptChunk(f"chunk {chunk_id} in pack {location.pack_id} does not match its hash"))
         if len(failures) == 1:
             raise failures[0]
         raise CorruptChunk(f"chunk {chunk_id}: no intact copy ({'; '.join(str(failure) for failure in failures)})")
@@ -360,11 +539,16 @@ class Repository:
             if not self.storage.exists(snapshot_name(snapshot_id)):
                 raise SnapshotNotFound(f"no snapshot {snapshot_id} in {self.storage.location}") from error
             raise
+        if self.keys is not None:
+            data = self.keys.open_object(data, self._aad("snapshot", snapshot_id), f"manifest of snapshot {snapshot_id}")
         return Snapshot.from_json(data, expected_id=snapshot_id)
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
         """Publish a manifest: the commit point. Its chunks must already be durable."""
-        self.storage.put(snapshot_name(snapshot.id), [snapshot.to_json()], exclusive=True)
+        data = snapshot.to_json()
+        if self.keys is not None:
+            data = self.keys.seal_object(data, self._aad("snapshot", snapshot.id))
+        self.storage.put(snapshot_name(snapshot.id), [data], exclusive=True)
 
     def delete_snapshot(self, snapshot_id: str) -> None:
         self.storage.delete(snapshot_name(snapshot_id))
@@ -401,6 +585,9 @@ class ChunkWriter:
         self._written: dict[str, tuple[int, list[PackEntry]]] = {}
         self.stored_bytes = 0
 
+    def chunk_id(self, data: bytes | memoryview) -> str:
+        return self.repository.chunk_id(data)
+
     def has(self, chunk_id: str) -> bool:
         if chunk_id in self._pending_ids:
             return True
@@ -429,11 +616,11 @@ class ChunkWriter:
         list_ids: list[str] = []
         for start in range(0, len(chunk_ids), CHUNK_LIST_FANOUT):
             data = b"".join(bytes.fromhex(chunk_id) for chunk_id in chunk_ids[start : start + CHUNK_LIST_FANOUT])
-            list_id = packformat.chunk_id_of(data)
+            list_id = self.repository.chunk_id(data)
             self.add(list_id, data)
             list_ids.append(list_id)
         if not list_ids:
-            list_id = packformat.chunk_id_of(b"")
+            list_id = self.repository.chunk_id(b"")
             self.add(list_id, b"")
             list_ids.append(list_id)
         return list_ids
@@ -443,6 +630,8 @@ class ChunkWriter:
         if not self._pending:
             return
         frame = packformat.compress_frame(self._pending, self._compressor)
+        if self.repository.keys is not None:
+            frame = dataclasses.replace(frame, data=self.repository.seal_frame(frame.data))
         self._frames.append((self._pack_bytes, frame))
         self._pack_bytes += len(frame.data)
         self._pending = []
@@ -453,7 +642,7 @@ class ChunkWriter:
     def _write_pack(self) -> None:
         if not self._frames:
             return
-        header = packformat.encode_header(self._frames)
+        header = self.repository.pack_header(self._frames)
         pieces = [frame.data for _, frame in self._frames] + [header]
         digest = hashlib.sha256()
         for piece in pieces:
@@ -484,3 +673,27 @@ class ChunkWriter:
 
 def open_local(path: Path) -> Repository:
     return Repository.open(LocalStorage(path))
+
+
+def load_key_files(storage: Storage) -> list[crypto.KeyFile]:
+    """Every readable key file; raises the first problem only if none is readable.
+
+    A damaged key file, or one with scrypt parameters below the minimum, is
+    never used: another key may still open the repository.
+    """
+    keys: list[crypto.KeyFile] = []
+    problems: list[CorruptData] = []
+    for info in storage.list("keys"):
+        try:
+            keys.append(crypto.KeyFile.from_json(storage.get(info.name), name=info.name))
+        except CorruptData as error:
+            problems.append(error)
+    if not keys and problems:
+        raise problems[0]
+    return keys
+
+
+def _has_key_files(storage: Storage) -> bool:
+    if isinstance(storage, LocalStorage) and not storage.exists("keys"):
+        return False
+    return bool(storage.list("keys"))

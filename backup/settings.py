@@ -8,7 +8,11 @@ reported at once, each naming the key, the value and what is allowed.
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -31,7 +35,8 @@ class Settings:
     """Everything an operation needs to know about where and how to back up."""
 
     root: Path
-    repository: Path
+    #: A local directory, or an ``s3://bucket/prefix`` location (kept as text).
+    repository: Path | str
     include: tuple[str, ...] = DEFAULT_INCLUDE
     exclude: tuple[str, ...] = ()
     compression_level: int = DEFAULT_COMPRESSION_LEVEL
@@ -40,10 +45,23 @@ class Settings:
     quick_check_above: int = GIB
     lock_wait: float = DEFAULT_LOCK_WAIT
     databases: tuple[DatabaseConfig, ...] = ()
+    #: "none" or "aes-256-gcm": used when the repository is created, then required.
+    encryption: str = "none"
 
     @property
     def scratch_directory(self) -> Path:
-        return self.repository / "tmp"
+        """Private space for captures: inside a local repository, else a private temp dir."""
+        if isinstance(self.repository, Path):
+            return self.repository / "tmp"
+        return _private_scratch()
+
+
+@functools.cache
+def _private_scratch() -> Path:
+    """A 0700 directory of this process for remote repositories, removed at exit."""
+    path = Path(tempfile.mkdtemp(prefix="dbkeep-scratch-"))
+    atexit.register(shutil.rmtree, path, True)
+    return path
 
 
 def _as_tuple_of_strings(value: Any) -> tuple[str, ...]:
@@ -92,6 +110,18 @@ def _non_negative_float(value: Any) -> float:
     return number
 
 
+def _repository(value: Any) -> Path | str:
+    if isinstance(value, str) and value.startswith("s3://"):
+        from .s3storage import parse_s3_location
+
+        try:
+            parse_s3_location(value)
+        except ConfigError as error:
+            raise ValueError(f"an s3://bucket/prefix location ({error})") from None
+        return value
+    return _path(value)
+
+
 def _path(value: Any) -> Path:
     if not isinstance(value, (str, os.PathLike)) or not str(value):
         raise ValueError("a directory path")
@@ -117,11 +147,17 @@ def _databases(value: Any) -> tuple[DatabaseConfig, ...]:
     if duplicates:
         raise ValueError(f"unique names; give each of {', '.join(duplicates)} its own 'name'")
     return tuple(parsed)
+def _encryption(value: Any) -> str:
+    if value in ("none", False, None):
+        return "none"
+    if value in ("aes-256-gcm", True):
+        return "aes-256-gcm"
+    raise ValueError("'none' or 'aes-256-gcm' (the passphrase comes from DBKEEP_PASSWORD, never from a setting)")
 
 
 PARSERS: dict[str, Callable[[Any], Any]] = {
     "root": _path,
-    "repository": _path,
+    "repository": _repository,
     "include": _as_tuple_of_strings,
     "exclude": _as_tuple_of_strings,
     "compression_level": _bounded_int(0, 22),
@@ -130,6 +166,7 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "quick_check_above": _bounded_int(0, 2**62),
     "lock_wait": _non_negative_float,
     "databases": _databases,
+    "encryption": _encryption,
 }
 
 
@@ -160,10 +197,10 @@ def settings_from_mapping(values: Mapping[str, Any], *, root: Path | None = None
         raise ConfigError("; ".join(problems))
     project_root = Path(parsed.pop("root", root or Path.cwd())).resolve()
     repository = parsed.pop("repository", Path(DEFAULT_REPOSITORY))
-    if not repository.is_absolute():
-        repository = project_root / repository
+    if isinstance(repository, Path):
+        repository = Path(os.path.abspath(repository if repository.is_absolute() else project_root / repository))
     known = {field.name for field in fields(Settings)}
-    return Settings(root=project_root, repository=Path(os.path.abspath(repository)), **{k: v for k, v in parsed.items() if k in known})
+    return Settings(root=project_root, repository=repository, **{k: v for k, v in parsed.items() if k in known})
 
 
 def config_defaults() -> dict[str, Any]:
@@ -184,6 +221,7 @@ def config_defaults() -> dict[str, Any]:
         "keep_last": str(DEFAULT_KEEP_LAST),
         "quick_check_above": str(GIB),
         "lock_wait": str(DEFAULT_LOCK_WAIT),
+        "encryption": "none",
     }
 
 

@@ -78,6 +78,19 @@ def describe_os_error(action: str, target: object, error: OSError) -> StorageErr
     return StorageError(f"cannot {action} {target}: {error.strerror or error}")
 
 
+def open_storage(location: Path | str) -> Storage:
+    """The backend for a repository location: ``s3://bucket/prefix`` or a local path.
+
+    The one place that chooses a backend; the S3 one (boto3) is imported only
+    when an S3 location is used.
+    """
+    if isinstance(location, str) and location.startswith("s3://"):
+        from .s3storage import S3Storage
+
+        return S3Storage.from_url(location)
+    return LocalStorage(Path(location))
+
+
 class LocalStorage:
     """A directory on a local file system; directories 0700, files 0600."""
 

@@ -27,7 +27,7 @@ from invoke.exceptions import UnknownFileType
 from invoke.util import yaml
 
 from . import progress, render
-from .errors import BackupError, ConfigError, RepositoryLocked, RepositoryNotFound, RestoreRefused, UsageError
+from .errors import BackupError, ConfigError, RepositoryLocked, RepositoryNotFound, RestoreRefused, UsageError, WrongPassphrase
 from .export import FORMATS, export_snapshot
 from .inspection import DEFAULT_LOSS_THRESHOLD, compare_snapshot, list_snapshots, repository_size
 from .prune import PruneOptions
@@ -40,6 +40,7 @@ from .unlocking import unlock_repository
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_LOCKED = 3
+EXIT_WRONG_PASSPHRASE = 4
 #: Seconds of work before a progress line appears (tests set it to 0).
 PROGRESS_AFTER_VARIABLE = "DBKEEP_PROGRESS_AFTER"
 
@@ -52,7 +53,9 @@ SNAPSHOT_HELP = "snapshot id, unique prefix, 'latest', or a point in time (2025-
 
 
 def exit_code_for(error: BackupError) -> int:
-    """The exit code of an expected failure: 3 locked, 2 usage/config/refused, else 1."""
+    """The exit code of an expected failure: 4 wrong passphrase, 3 locked, 2 usage/config/refused, else 1."""
+    if isinstance(error, WrongPassphrase):
+        return EXIT_WRONG_PASSPHRASE
     if isinstance(error, RepositoryLocked):
         return EXIT_LOCKED
     if isinstance(error, (ConfigError, UsageError, RestoreRefused, RepositoryNotFound)):

@@ -13,7 +13,6 @@ import hashlib
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
-from . import pack as packformat
 from . import progress
 from .errors import CorruptData, StorageError
 from .manifest import Snapshot
@@ -118,7 +117,7 @@ def _check_packs(repository: Repository, present: dict[str, int], report: Verify
             # and names exactly the ones that were hit.
             report.problems.append(Problem(kind="pack-hash", message=f"pack {pack_id} does not hash to its name: its bytes were changed", pack_id=pack_id))
         try:
-            entries = packformat.parse_pack(data, pack_id)
+            entries = repository.parse_pack(data, pack_id)
         except CorruptData as error:
             bad[pack_id] = str(error)
             continue

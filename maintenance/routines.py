@@ -270,7 +270,7 @@ def run_weekly(config: RoutineConfig, *, now: datetime | None = None) -> Routine
         listing = list_backups(config.settings)
         pack_bytes = sum(info.size for info in packs)
         logical = sum(snapshot.logical_bytes for snapshot in listing.snapshots)
-        disk = shutil.disk_usage(config.settings.repository)
+        disk = shutil.disk_usage(config.settings.repository) if isinstance(config.settings.repository, Path) else None
         details = {
             "snapshots": len(listing.snapshots),
             "damaged_manifests": dict(listing.damaged),
@@ -279,7 +279,7 @@ def run_weekly(config: RoutineConfig, *, now: datetime | None = None) -> Routine
             "index_files": len(index_files),
             "logical_bytes": logical,
             "dedup_ratio": round(logical / pack_bytes, 2) if pack_bytes else None,
-            "disk_free_bytes": disk.free,
+            "disk_free_bytes": disk.free if disk else None,
         }
         ratio = f"{logical / pack_bytes:.1f}x" if pack_bytes else "-"
         summary = (
