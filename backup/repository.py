@@ -18,6 +18,7 @@ Layout under the repository location (docs/format.md has the bytes):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import secrets
@@ -258,12 +259,29 @@ class Repository:
 
     def _write_index(self, packs: dict[str, tuple[int, list[PackEntry]]]) -> str:
         data = encode_index(packs)
-        name = f"index/{hashlib.sha256(data).hexdigest()}"
-        try:
-            self.storage.put(name, [data], exclusive=True)
-        except FileExistsError:
-            pass  # the same bytes are already durable under that name
+        digest = hashlib.sha256(data).hexdigest()
+        name = f"index/{digest}"
+        self.put_content_addressed(name, [data], digest)
         return name
+
+    def put_content_addressed(self, name: str, pieces: list[bytes], digest: str) -> int:
+        """Store bytes named by their SHA-256 ``digest``; returns their size.
+
+        A file already under that name is kept only if it holds exactly these
+        bytes. One that was truncated, altered or swapped is replaced, so a new
+        backup of the same data repairs it instead of trusting it.
+        """
+        size = sum(len(piece) for piece in pieces)
+        try:
+            return self.storage.put(name, pieces, exclusive=True)
+        except FileExistsError:
+            pass
+        info = self.storage.stat(name)
+        if info is not None and info.size == size:
+            with contextlib.suppress(StorageError):
+                if hashlib.sha256(self.storage.get(name)).hexdigest() == digest:
+                    return size
+        return self.storage.put(name, pieces)
 
     def remove_stale_temps(self) -> int:
         """Remove temp files killed writers left behind; call only under the exclusive lock."""
@@ -443,10 +461,7 @@ class ChunkWriter:
         for piece in pieces:
             digest.update(piece)
         pack_id = digest.hexdigest()
-        try:
-            size = self.repository.storage.put(pack_name(pack_id), pieces, exclusive=True)
-        except FileExistsError:
-            size = sum(len(piece) for piece in pieces)
+        size = self.repository.put_content_addressed(pack_name(pack_id), pieces, pack_id)
         entries = packformat.header_entries(self._frames)
         self._written[pack_id] = (size, entries)
         self.index.add_pack(pack_id, size, entries)
