@@ -358,20 +358,24 @@ class Repository:
 
     def snapshot_ids(self) -> list[str]:
         """Every snapshot id, oldest first. A listing failure raises, never returns []."""
-        ids: list[str] = []
+        ids: set[str] = set()
         for info in self.storage.list("snapshots"):
-            base = info.name.rsplit("/", 1)[-1]
+            # Manifests lie directly in snapshots/; an object below "<id>.json/"
+            # means something replaced that manifest with a folder: list the id,
+            # so that loading it reports the damage instead of hiding a snapshot.
+            base = info.name.split("/")[1]
             if base.endswith(".json"):
-                ids.append(base[: -len(".json")])
+                ids.add(base[: -len(".json")])
         return sorted(ids)
 
     def load_snapshot(self, snapshot_id: str) -> Snapshot:
+        """The snapshot's manifest; CorruptManifest if it exists but cannot be read or parsed."""
         try:
             data = self.storage.get(snapshot_name(snapshot_id))
         except StorageError as error:
             if not self.storage.exists(snapshot_name(snapshot_id)):
                 raise SnapshotNotFound(f"no snapshot {snapshot_id} in {self.storage.location}") from error
-            raise
+            raise CorruptManifest(f"manifest of snapshot {snapshot_id} cannot be read: {error}") from error
         return Snapshot.from_json(data, expected_id=snapshot_id)
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
