@@ -60,10 +60,20 @@ def prune_repository(
     remove_ids: Sequence[str],
     dry_run: bool = False,
 ) -> PruneResult:
-    """Delete ``remove_ids`` and every pack no kept snapshot references."""
+    """Delete ``remove_ids`` and every pack no kept snapshot references.
+
+    Refuses (PruneRefused, nothing deleted) when no snapshot is kept while packs
+    exist: a snapshot listing that comes back empty over a repository full of
+    data is far likelier a wrong or damaged listing than a wish to delete it all.
+    """
     needed = referenced_chunks(repository, keep_ids)
     index = repository.index()
     listed = {info.name.rsplit("/", 1)[-1]: info.size for info in repository.storage.list("packs")}
+    if not keep_ids and listed:
+        raise PruneRefused(
+            f"prune refused, nothing was deleted: no snapshot was found, yet the repository holds {len(listed)} packs; "
+            "an empty snapshot listing is not trusted to delete everything (check the snapshots folder, run backup.verify)"
+        )
     live_packs: dict[str, tuple[int, list]] = {}
     pack_entries: dict[str, list] = {}
     for location_list in (index.locations.values(), *index.duplicates.values()):
