@@ -79,6 +79,8 @@ def op_lock_cycle(spec: dict) -> dict:
     storage = LocalStorage(Path(spec["repository"]))
     marker_dir = Path(spec["markers"])
     exclusive = spec.get("exclusive", True)
+    if spec.get("shared_every"):
+        exclusive = spec.get("number", 0) % spec["shared_every"] != spec["shared_every"] - 1
     overlaps: list[str] = []
     entered = 0
     for _ in range(spec.get("rounds", 1)):
@@ -168,7 +170,43 @@ def op_inspect(spec: dict) -> dict:
     return state
 
 
+def op_parallel(spec: dict) -> dict:
+    """Fork ``count`` processes that run ``spec["each"]`` at the same moment.
+
+    They all block on one pipe until every one of them exists, then the pipe is
+    closed and they start together (a barrier, no sleeping). Returns each
+    process's output and exit code.
+    """
+    count = spec["count"]
+    release_read, release_write = os.pipe()
+    children = []
+    for number in range(count):
+        result_read, result_write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(release_write)
+            os.close(result_read)
+            os.read(release_read, 1)  # returns when the parent closes the pipe
+            code, output = run({**spec["each"], "number": number})
+            os.write(result_write, json.dumps({"code": code, **output}).encode())
+            os._exit(code)
+        os.close(result_write)
+        children.append((pid, result_read))
+    os.close(release_read)
+    os.close(release_write)  # everyone starts
+    outputs = []
+    for pid, result_read in children:
+        chunks = []
+        while data := os.read(result_read, 1 << 16):
+            chunks.append(data)
+        os.close(result_read)
+        os.waitpid(pid, 0)
+        outputs.append(json.loads(b"".join(chunks)) if chunks else {"code": None, "ok": False, "error": "died"})
+    return {"outputs": outputs}
+
+
 OPERATIONS = {
+    "parallel": op_parallel,
     "inspect": op_inspect,
     "create": op_create,
     "restore": op_restore,
