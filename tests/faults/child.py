@@ -132,6 +132,10 @@ def op_sqlite_writer(spec: dict) -> dict:
     connection = sqlite3.connect(path, timeout=30.0, isolation_level=None)
     connection.execute("PRAGMA busy_timeout=30000")
     connection.execute("PRAGMA cache_size=-64")  # spill pages to disk mid-transaction
+    if "synchronous" in spec:
+        connection.execute(f"PRAGMA synchronous={spec['synchronous']}")
+    if "autocheckpoint" in spec:
+        connection.execute(f"PRAGMA wal_autocheckpoint={int(spec['autocheckpoint'])}")
     rows = spec.get("rows", 1_000_000)
     start = int(connection.execute("SELECT coalesce(max(id), 0) FROM ledger").fetchone()[0]) + 1
     for ledger_id in range(start, start + rows):
