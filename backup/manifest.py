@@ -288,6 +288,10 @@ def unseal(data: bytes, *, kind: str) -> dict[str, Any]:
     if document.get("version") != MANIFEST_VERSION:
         raise CorruptManifest(f"{kind} has unsupported version {str(document.get('version'))[:20]!r}; upgrade dbkeep")
     body = document.get("body")
-    if not isinstance(body, dict) or document.get("sha256") != hashlib.sha256(canonical(body)).hexdigest():
+    try:
+        digest = hashlib.sha256(canonical(body)).hexdigest() if isinstance(body, dict) else None
+    except UnicodeEncodeError as error:  # a lone surrogate escaped in the JSON text
+        raise CorruptManifest(f"{kind} holds text that is not valid Unicode: {error.reason}") from error
+    if digest is None or document.get("sha256") != digest:
         raise CorruptManifest(f"{kind} checksum does not match its content: it was damaged or edited")
     return body

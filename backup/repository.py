@@ -159,8 +159,8 @@ def decode_index(data: bytes, name: str) -> dict[str, tuple[int, list[PackEntry]
         return result
     except CorruptIndex:
         raise
-    except (CorruptPack, ValueError, KeyError, TypeError, AttributeError) as error:
-        raise CorruptIndex(f"index file {name} does not match the format: {error}") from error
+    except (CorruptPack, ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
+        raise CorruptIndex(f"index file {name} does not match the format: {type(error).__name__}: {str(error)[:200]}") from error
 
 
 class Repository:
