@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import PurePosixPath
 from typing import Any
 
-from .errors import CorruptManifest
+from .errors import CorruptData, CorruptManifest
 from .pack import check_id
 
 MANIFEST_VERSION = 1
@@ -133,6 +133,8 @@ class Snapshot:
             snapshot = _snapshot_from_body(body)
         except CorruptManifest:
             raise
+        except CorruptData as error:  # an id check of the pack format: still the manifest's fault
+            raise CorruptManifest(f"manifest does not match the format: {error}") from error
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise CorruptManifest(f"manifest does not match the format: {type(error).__name__}: {error}") from error
         if expected_id is not None and snapshot.id != expected_id:
