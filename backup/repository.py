@@ -223,7 +223,7 @@ class Repository:
                 index.files.append(info.name)
                 try:
                     packs = decode_index(self.storage.get(info.name), info.name)
-                except CorruptIndex as error:
+                except (CorruptIndex, StorageError) as error:
                     index.problems.append(str(error))
                     continue
                 for pack_id, (size, entries) in packs.items():
