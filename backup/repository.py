@@ -40,7 +40,7 @@ from .errors import (
     SnapshotNotFound,
     StorageError,
 )
-from .manifest import Snapshot, check_snapshot_id, seal, unseal
+from .manifest import MAX_MANIFEST_BYTES, Snapshot, check_snapshot_id, seal, unseal
 from .pack import Frame, PackEntry, check_id
 from .storage import LocalStorage, Storage, describe_os_error
 
@@ -51,6 +51,11 @@ PACK_TARGET_BYTES = 16 * 1024 * 1024
 FRAME_TARGET_BYTES = 128 * 1024
 #: How many chunk ids one chunk list holds; a changed chunk rewrites one list.
 CHUNK_LIST_FANOUT = 128
+#: No config or index file dbkeep writes comes near these sizes (an index file of
+#: 1 GiB lists some ten million chunks); a larger file is damage, and is refused
+#: before it is read into memory.
+MAX_CONFIG_BYTES = 1024 * 1024
+MAX_INDEX_BYTES = 1024**3
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -130,6 +135,14 @@ class Index:
         return chunk_id in self.locations
 
 
+def _get_bounded(storage: Storage, name: str, limit: int, error: type[CorruptData]) -> bytes:
+    """Read a metadata file whole, refusing (``error``) one too large to be genuine."""
+    info = storage.stat(name)
+    if info is not None and info.size > limit:
+        raise error(f"{name} is {info.size} bytes, larger than any file dbkeep writes there: it is damaged")
+    return storage.get(name)
+
+
 def encode_index(packs: dict[str, tuple[int, list[PackEntry]]]) -> bytes:
     body = {
         "format": "dbkeep-index",
@@ -153,7 +166,7 @@ def decode_index(data: bytes, name: str) -> dict[str, tuple[int, list[PackEntry]
         result: dict[str, tuple[int, list[PackEntry]]] = {}
         for item in body["packs"]:
             size = item["size"]
-            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= packformat.MAX_PACK_BYTES:
                 raise CorruptIndex(f"index file {name} has a bad pack size")
             result[check_id(item["id"], "pack id")] = (size, [PackEntry.from_row(row) for row in item["chunks"]])
         return result
@@ -204,7 +217,7 @@ class Repository:
                 f"no dbkeep repository at {storage.location}; create a backup first (backup.create) "
                 "or point the 'repository' setting at an existing one"
             )
-        config = RepositoryConfig.from_body(unseal(storage.get(CONFIG_NAME), kind="config"))
+        config = RepositoryConfig.from_body(unseal(_get_bounded(storage, CONFIG_NAME, MAX_CONFIG_BYTES, CorruptManifest), kind="config"))
         return cls(storage, config)
 
     @classmethod
@@ -222,7 +235,7 @@ class Repository:
             for info in self.storage.list("index"):
                 index.files.append(info.name)
                 try:
-                    packs = decode_index(self.storage.get(info.name), info.name)
+                    packs = decode_index(_get_bounded(self.storage, info.name, MAX_INDEX_BYTES, CorruptIndex), info.name)
                 except (CorruptIndex, StorageError) as error:
                     index.problems.append(str(error))
                     continue
@@ -371,7 +384,7 @@ class Repository:
     def load_snapshot(self, snapshot_id: str) -> Snapshot:
         """The snapshot's manifest; CorruptManifest if it exists but cannot be read or parsed."""
         try:
-            data = self.storage.get(snapshot_name(snapshot_id))
+            data = _get_bounded(self.storage, snapshot_name(snapshot_id), MAX_MANIFEST_BYTES, CorruptManifest)
         except StorageError as error:
             if not self.storage.exists(snapshot_name(snapshot_id)):
                 raise SnapshotNotFound(f"no snapshot {snapshot_id} in {self.storage.location}") from error
