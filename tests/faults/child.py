@@ -293,11 +293,37 @@ def batch() -> None:
             print(json.dumps(_fork_one(json.loads(line))), flush=True)
 
 
+AUDITED = ("open", "os.listdir", "os.scandir", "os.rename", "os.remove", "os.link", "os.symlink", "os.mkdir", "os.rmdir", "os.chmod", "os.truncate", "sqlite3.connect")
+
+
+def _audit_into(events: list[tuple[str, str]]) -> None:
+    """Record every file the process opens, lists, renames or removes (sys.addaudithook)."""
+
+    def hook(event: str, arguments: tuple) -> None:
+        if event in AUDITED and arguments:
+            target = arguments[0]
+            if isinstance(target, (str, bytes, os.PathLike)):
+                flags = arguments[2] if event == "open" and len(arguments) > 2 and isinstance(arguments[2], int) else 0
+                events.append((event, os.fsdecode(target), flags))
+
+    sys.addaudithook(hook)
+
+
 def main() -> None:
     if sys.argv[1:] == ["--batch"]:
         batch()
         return
-    code, output = run(json.loads(sys.argv[1]))
+    spec = json.loads(sys.argv[1])
+    if spec.get("memory_limit"):
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (spec["memory_limit"], spec["memory_limit"]))
+    events: list[tuple[str, str]] = []
+    if spec.get("audit"):
+        _audit_into(events)
+    code, output = run(spec)
+    if spec.get("audit"):
+        output["audit"] = list(events)  # printed, so no file is opened after the run
     print(json.dumps(output), flush=True)
     sys.exit(code)
 
