@@ -224,6 +224,8 @@ OPERATIONS = {
 
 
 def run(spec: dict) -> tuple[int, dict]:
+    if "umask" in spec:
+        os.umask(spec["umask"])
     try:
         result = OPERATIONS[spec["op"]](spec)
     except backup.BackupError as error:
