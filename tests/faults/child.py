@@ -98,8 +98,9 @@ def op_lock_cycle(spec: dict) -> dict:
                 os.write(descriptor, str(os.getpid()).encode())
                 # A few real file-system round trips widen the window a racing
                 # second holder would have to hit.
-                for _ in range(20):
+                for _ in range(5):
                     os.fsync(descriptor)
+                    os.listdir(marker_dir)
                 os.close(descriptor)
                 os.unlink(marker_dir / "writer")
             else:
