@@ -222,8 +222,20 @@ class Repository:
 
     @classmethod
     def open_or_init(cls, storage: Storage, *, chunk_size: int, compression_level: int) -> Repository:
+        """Open the repository, or create one where there is none.
+
+        A location that already holds snapshots, packs or index files but no
+        config is a damaged repository, not an empty one: CorruptManifest,
+        rather than a fresh config that would hide the damage.
+        """
         if storage.exists(CONFIG_NAME):
             return cls.open(storage)
+        for folder in ("snapshots", "packs", "index"):
+            if storage.exists(folder) and storage.list(folder):
+                raise CorruptManifest(
+                    f"the repository at {storage.location} holds {folder} but its {CONFIG_NAME} is missing: it is damaged; "
+                    f"restore {CONFIG_NAME} from a copy of the repository, or point the 'repository' setting at a new location"
+                )
         return cls.init(storage, chunk_size=chunk_size, compression_level=compression_level)
 
     # -- index ----------------------------------------------------------------------
