@@ -249,7 +249,9 @@ def _rebackup_problems(project: Project, mutation: Mutation, scratch: Path) -> l
     still looks stored to a backup, which does not re-read what it reuses; read-data
     verification is what finds it.
     """
-    if mutation.target == "config" or mutation.kind not in LOSING:
+    if mutation.target == "config":
+        return _config_rebackup_problems(project, mutation)
+    if mutation.kind not in LOSING:
         return []
     try:
         snapshot_id = project.backup()
@@ -260,6 +262,16 @@ def _rebackup_problems(project: Project, mutation: Mutation, scratch: Path) -> l
     report = backup.verify_backup(project.settings, snapshot_id, read_data=True)
     problems = [f"the new backup is damaged too: {problem.message}" for problem in report.problems if problem.snapshot_id == snapshot_id]
     return problems + faultkit.restore_problems(project, snapshot_id, project.expected[snapshot_id], scratch)
+
+
+def _config_rebackup_problems(project: Project, mutation: Mutation) -> list[str]:
+    """A backup into a repository whose config is damaged or gone must refuse, not start afresh."""
+    before = faultkit.tree_state(project.repository)
+    try:
+        backup.create_backup(project.settings)
+    except backup.BackupError:
+        return [] if faultkit.tree_state(project.repository) == before else ["a refused backup changed the repository"]
+    return [f"a backup ran over a repository whose config suffered {mutation.kind}"]
 
 
 def _campaign(tmp_path: Path, cases: list[tuple[str, str]], seed: int) -> None:
