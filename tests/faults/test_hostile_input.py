@@ -376,3 +376,18 @@ def test_audit_oracle_fails_when_a_process_reads_a_file_outside(tmp_path: Path) 
     completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     events = json.loads(completed.stdout.splitlines()[-1])
     assert _outside_the_roots(events, tmp_path, [tmp_path / "repository"]) == [f"open {link} -> {victim}"]
+
+
+def test_restore_refuses_a_target_whose_subfolder_links_outside_it(project: faultkit.Project, tmp_path: Path) -> None:
+    snapshot_id = project.backup()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "store1.sqlite").write_bytes(b"not yours")
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "data").symlink_to(outside)
+    before = faultkit.tree_state(outside)
+    with pytest.raises(backup.UsageError, match="outside"):
+        backup.restore_backup(project.settings, snapshot_id, target=target, force=True)
+    assert faultkit.tree_state(outside) == before
+    assert not (target / "app.db").exists(), "nothing is restored when one path is refused"
