@@ -249,7 +249,7 @@ def _fork_one(request: dict) -> dict:
             if request.get("record"):
                 plan = RecordingPlan(plan)
             with fsio.inject(plan):
-                code, output = run(request["spec"])
+                code, output = run_confined(request["spec"])
             output["counts"] = plan.counts
             if isinstance(plan, RecordingPlan):
                 output["sequence"] = plan.sequence
@@ -312,21 +312,29 @@ def _audit_into(events: list[tuple[str, str]]) -> None:
     sys.addaudithook(hook)
 
 
-def main() -> None:
-    if sys.argv[1:] == ["--batch"]:
-        batch()
-        return
-    spec = json.loads(sys.argv[1])
+def run_confined(spec: dict) -> tuple[int, dict]:
+    """``run`` under the spec's memory limit (RLIMIT_AS) and audit hook, if it asks for them.
+
+    Call only in a process that runs nothing else afterwards: neither can be undone.
+    """
     if spec.get("memory_limit"):
         import resource
 
         resource.setrlimit(resource.RLIMIT_AS, (spec["memory_limit"], spec["memory_limit"]))
-    events: list[tuple[str, str]] = []
+    events: list[tuple[str, str, int]] = []
     if spec.get("audit"):
         _audit_into(events)
     code, output = run(spec)
     if spec.get("audit"):
-        output["audit"] = list(events)  # printed, so no file is opened after the run
+        output["audit"] = list(events)  # handed back with the output: no file is opened for it
+    return code, output
+
+
+def main() -> None:
+    if sys.argv[1:] == ["--batch"]:
+        batch()
+        return
+    code, output = run_confined(json.loads(sys.argv[1]))
     print(json.dumps(output), flush=True)
     sys.exit(code)
 

@@ -80,9 +80,10 @@ class Writer:
         for line in self.process.stdout:
             words = line.split()
             with self._condition:
-                if words[:1] == ["committed"]:
+                # A line cut short by the SIGKILL that ends the writer is ignored.
+                if len(words) == 2 and words[0] == "committed" and words[1].isdigit():
                     self.committed = int(words[1])
-                elif words[:1] == ["in-transaction"]:
+                elif len(words) == 2 and words[0] == "in-transaction" and words[1].isdigit():
                     self.in_transaction = int(words[1])
                 self._condition.notify_all()
         with self._condition:

@@ -331,7 +331,7 @@ def _outside_the_roots(events: list, tmp_path: Path, roots: list[Path]) -> list[
 
 
 @pytest.mark.parametrize("hostile", sorted(HOSTILE_REPOSITORIES))
-def test_hostile_repository_gives_a_clear_error_in_bounded_memory_touching_nothing_outside(tmp_path: Path, hostile: str) -> None:
+def test_hostile_repository_gives_a_clear_error_in_bounded_memory_touching_nothing_outside(driver, tmp_path: Path, hostile: str) -> None:
     project = faultkit.build_project(tmp_path / "p", rows=30, plain_bytes=3000)
     project.backup()
     faultkit.change_project(project, seed=70)
@@ -346,13 +346,13 @@ def test_hostile_repository_gives_a_clear_error_in_bounded_memory_touching_nothi
         "restore": project.spec("restore", snapshot="latest", target=str(target)),
     }
     for name, spec in runs.items():
-        result = faultkit.run_child({**spec, "memory_limit": MEMORY_LIMIT, "audit": True})
-        assert result.returncode in (0, 1), f"{name}: {result.describe()}"
-        assert "Traceback" not in result.stderr, f"{name}: {result.stderr}"
-        strays = _outside_the_roots(result.output.get("audit", []), tmp_path, [project.repository, target])
+        outcome = driver.run({**spec, "memory_limit": MEMORY_LIMIT, "audit": True})
+        output = outcome.get("output") or {}
+        assert outcome["status"] == "exited" and outcome["code"] in (0, 1), f"{name}: {outcome}"
+        strays = _outside_the_roots(output.get("audit", []), tmp_path, [project.repository, target])
         assert strays == [], f"{name} touched files outside the repository and target: {strays}"
-        if name == "verify" and result.ok:
-            assert result.output["result"]["ok"] is False, f"verify found nothing wrong with {hostile}"
+        if name == "verify" and output.get("ok"):
+            assert output["result"]["ok"] is False, f"verify found nothing wrong with {hostile}"
     faultkit.tally(f"T10 hostile repository ({hostile})", trials=len(runs), faults=1)
 
 
