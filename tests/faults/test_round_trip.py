@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 import backup
 import faultkit
 
-EXAMPLES = int(os.environ.get("DBKEEP_ROUND_TRIP_EXAMPLES", 8))
+EXAMPLES = int(os.environ.get("DBKEEP_ROUND_TRIP_EXAMPLES", 5))
 CHUNK = 4096
 
 values = st.none() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False) | st.text(max_size=300) | st.binary(max_size=3000)
