@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
 import sqlite3
 import subprocess
@@ -24,7 +23,6 @@ from pathlib import Path
 
 import pytest
 
-import backup
 import faultkit
 import sweeps
 from faultkit import FaultTrial, Project

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-import backup
 import faultkit
 from faultkit import FaultTrial, Project
 
