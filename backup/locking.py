@@ -81,10 +81,14 @@ class LockRecord:
 
     @classmethod
     def from_json(cls, data: bytes) -> LockRecord | None:
-        """Parse a lock record; None for an empty or garbled one (a crash mid-write)."""
+        """Parse a lock record; None for an empty or garbled one (a crash mid-write, damage).
+
+        A pid outside what any system hands out (1 .. 2**31-1) makes the record
+        garbled too: it could never be checked, and os.kill would overflow on it.
+        """
         try:
             body = json.loads(data.decode("utf-8"))
-            return cls(
+            record = cls(
                 exclusive=bool(body["exclusive"]),
                 host=str(body["host"]),
                 pid=int(body["pid"]),
@@ -95,8 +99,9 @@ class LockRecord:
                 purpose=str(body["purpose"]),
                 token=str(body["token"]),
             )
-        except (UnicodeDecodeError, ValueError, KeyError, TypeError):
+        except (UnicodeDecodeError, ValueError, KeyError, TypeError, RecursionError, OverflowError):
             return None
+        return record if 0 < record.pid < 2**31 else None
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=1).encode() + b"\n"
@@ -216,7 +221,12 @@ def _try_acquire(storage: Storage, *, exclusive: bool, purpose: str) -> tuple[Lo
             return None, "; ".join(blocking), broken
         record = LockRecord.for_this_process(exclusive=exclusive, purpose=purpose)
         name = EXCLUSIVE_NAME if exclusive else f"locks/{SHARED_PREFIX}{record.token}"
-        storage.put(name, [record.to_json()], exclusive=True)
+        try:
+            storage.put(name, [record.to_json()], exclusive=True)
+        except FileExistsError:
+            # Under the critical section only something that is not a lock record
+            # (a folder, say) can hold the name: damage to remove by hand.
+            raise StorageError(f"cannot take lock {name} in {storage.location}: that name is taken by something that is not a lock record; remove it by hand") from None
         return Lock(storage=storage, name=name, record=record, broken=broken), "", broken
 
 

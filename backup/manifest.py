@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import PurePosixPath
 from typing import Any
 
-from .errors import CorruptManifest
+from .errors import CorruptData, CorruptManifest
 from .pack import check_id
 
 MANIFEST_VERSION = 1
@@ -171,6 +171,8 @@ class Snapshot:
             snapshot = _snapshot_from_body(body)
         except CorruptManifest:
             raise
+        except CorruptData as error:  # an id check of the pack format: still the manifest's fault
+            raise CorruptManifest(f"manifest does not match the format: {error}") from error
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise CorruptManifest(f"manifest does not match the format: {type(error).__name__}: {error}") from error
         if expected_id is not None and snapshot.id != expected_id:
@@ -360,6 +362,10 @@ def unseal(data: bytes, *, kind: str) -> dict[str, Any]:
     if document.get("version") != MANIFEST_VERSION:
         raise CorruptManifest(f"{kind} has unsupported version {str(document.get('version'))[:20]!r}; upgrade dbkeep")
     body = document.get("body")
-    if not isinstance(body, dict) or document.get("sha256") != hashlib.sha256(canonical(body)).hexdigest():
+    try:
+        digest = hashlib.sha256(canonical(body)).hexdigest() if isinstance(body, dict) else None
+    except UnicodeEncodeError as error:  # a lone surrogate escaped in the JSON text
+        raise CorruptManifest(f"{kind} holds text that is not valid Unicode: {error.reason}") from error
+    if digest is None or document.get("sha256") != digest:
         raise CorruptManifest(f"{kind} checksum does not match its content: it was damaged or edited")
     return body

@@ -665,8 +665,9 @@ def _apply(item: RestoreItem, temp: Path) -> RestoredFile:
     else:
         if entry.is_sqlite:
             move_aside_sidecars(destination)
-        mode = stat.S_IMODE(destination.stat().st_mode) if destination.exists() else entry.mode
-        install_file(temp, destination, mode=mode)
+        live = destination.stat() if destination.exists() else None
+        mode = stat.S_IMODE(live.st_mode) if live else entry.mode
+        install_file(temp, destination, mode=mode, owner=(live.st_uid, live.st_gid) if live else None)
     return RestoredFile(
         path=entry.path,
         destination=str(destination),

@@ -40,6 +40,9 @@ COMPRESSION_ZSTD = 1
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 #: No pack holds more chunks than this; a larger count in a trailer is damage.
 MAX_ENTRIES = MAX_FRAME_BYTES
+#: Packs are closed once they pass 16 MiB, so none is much larger than that plus
+#: one frame and its header; a pack said to be larger than this is damage.
+MAX_PACK_BYTES = 64 * 1024 * 1024
 
 _HEX_ID = re.compile(r"^[0-9a-f]{64}$")
 

@@ -214,11 +214,20 @@ def prune_repository(
 
     Returns what was (or, with ``dry_run``, would be) freed. Raises PruneRefused,
     having deleted nothing, if any listing or read fails or a kept snapshot needs
-    missing data; raises LockLost if our lock was taken before anything is deleted.
+    missing data, or if no snapshot is kept while packs exist; raises LockLost if
+    our lock was taken before anything is deleted.
     """
     options = options or PruneOptions()
     moment = now or datetime.now(timezone.utc)
     needed = referenced_chunks(repository, keep_ids)
+    packs_present = _list_packs(repository)
+    if not keep_ids and packs_present:
+        # A snapshot listing that comes back empty over a repository full of data is
+        # far likelier a wrong or damaged listing than a wish to delete it all.
+        raise _refused(
+            f"no snapshot was found, yet the repository holds {len(packs_present)} packs; an empty snapshot listing "
+            "is not trusted to delete everything (check the snapshots folder, run backup.verify)"
+        )
     plan = _plan(repository, needed, options, moment)
     deleted_bytes = sum(plan.dead.values()) + sum(size for size, _ in plan.repack.values())
     if dry_run:

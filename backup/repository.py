@@ -21,6 +21,7 @@ Layout under the repository location (docs/format.md has the bytes):
 from __future__ import annotations
 
 import dataclasses
+import contextlib
 import hashlib
 import json
 import secrets
@@ -44,7 +45,7 @@ from .errors import (
     SnapshotNotFound,
     StorageError,
 )
-from .manifest import Snapshot, check_snapshot_id, seal, unseal
+from .manifest import MAX_MANIFEST_BYTES, Snapshot, check_snapshot_id, seal, unseal
 from .pack import Frame, PackEntry, check_id
 from .storage import LocalStorage, Storage, describe_os_error
 
@@ -57,6 +58,11 @@ FRAME_TARGET_BYTES = 128 * 1024
 CHUNK_LIST_FANOUT = 128
 READAHEAD_MIN = 256 * 1024
 READAHEAD_MAX = 8 * 1024 * 1024
+#: No config or index file dbkeep writes comes near these sizes (an index file of
+#: 1 GiB lists some ten million chunks); a larger file is damage, and is refused
+#: before it is read into memory.
+MAX_CONFIG_BYTES = 1024 * 1024
+MAX_INDEX_BYTES = 1024**3
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -147,6 +153,12 @@ class Index:
 def _pack_order(entry: PackEntry) -> tuple[int, int, str]:
     """Entries in the order they sit in the pack, so equal indexes have equal bytes."""
     return (entry.frame_offset, entry.offset_in_frame, entry.chunk_id)
+def _get_bounded(storage: Storage, name: str, limit: int, error: type[CorruptData]) -> bytes:
+    """Read a metadata file whole, refusing (``error``) one too large to be genuine."""
+    info = storage.stat(name)
+    if info is not None and info.size > limit:
+        raise error(f"{name} is {info.size} bytes, larger than any file dbkeep writes there: it is damaged")
+    return storage.get(name)
 
 
 def encode_index(packs: dict[str, tuple[int, list[PackEntry]]]) -> bytes:
@@ -176,14 +188,14 @@ def decode_index(data: bytes, name: str, *, verify_name: bool = True) -> dict[st
         result: dict[str, tuple[int, list[PackEntry]]] = {}
         for item in body["packs"]:
             size = item["size"]
-            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= packformat.MAX_PACK_BYTES:
                 raise CorruptIndex(f"index file {name} has a bad pack size")
             result[check_id(item["id"], "pack id")] = (size, [PackEntry.from_row(row) for row in item["chunks"]])
         return result
     except CorruptIndex:
         raise
-    except (CorruptPack, ValueError, KeyError, TypeError, AttributeError) as error:
-        raise CorruptIndex(f"index file {name} does not match the format: {error}") from error
+    except (CorruptPack, ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
+        raise CorruptIndex(f"index file {name} does not match the format: {type(error).__name__}: {str(error)[:200]}") from error
 
 
 class Repository:
@@ -278,7 +290,7 @@ class Repository:
                 f"no dbkeep repository at {storage.location}; create a backup first (backup.create) "
                 "or point the 'repository' setting at an existing one"
             )
-        data = storage.get(CONFIG_NAME)
+        data = _get_bounded(storage, CONFIG_NAME, MAX_CONFIG_BYTES, CorruptManifest)
         if not crypto.is_config_envelope(data):
             if require_encryption:
                 raise ConfigError(
@@ -318,6 +330,15 @@ class Repository:
         """Open the repository, creating it (encrypted when ``encrypt``) if there is none."""
         if storage.exists(CONFIG_NAME):
             return cls.open(storage, passphrase=passphrase, require_encryption=encrypt)
+        # A location that already holds snapshots, packs or index files but no
+        # config is a damaged repository, not an empty one: refuse rather than
+        # write a fresh config that would hide the damage.
+        for folder in ("snapshots", "packs", "index"):
+            if storage.exists(folder) and storage.list(folder):
+                raise CorruptManifest(
+                    f"the repository at {storage.location} holds {folder} but its {CONFIG_NAME} is missing: it is damaged; "
+                    f"restore {CONFIG_NAME} from a copy of the repository, or point the 'repository' setting at a new location"
+                )
         if not encrypt:
             return cls.init(storage, chunk_size=chunk_size, compression_level=compression_level)
         text = passphrase() if passphrase is not None else None
@@ -367,8 +388,8 @@ class Repository:
             for info in self.storage.list("index"):
                 index.files.append(info.name)
                 try:
-                    packs = self._decode_index(self.storage.get(info.name), info.name)
-                except (CorruptIndex, AuthenticationFailed) as error:
+                    packs = self._decode_index(_get_bounded(self.storage, info.name, MAX_INDEX_BYTES, CorruptIndex), info.name)
+                except (CorruptIndex, AuthenticationFailed, StorageError) as error:
                     index.problems.append(str(error))
                     continue
                 for pack_id, (size, entries) in packs.items():
@@ -406,12 +427,29 @@ class Repository:
         data = encode_index(packs)
         if self.keys is not None:
             data = self.keys.seal_object(data, self._aad("index"))
-        name = f"index/{hashlib.sha256(data).hexdigest()}"
-        try:
-            self.storage.put(name, [data], exclusive=True)
-        except FileExistsError:
-            pass  # the same bytes are already durable under that name
+        digest = hashlib.sha256(data).hexdigest()
+        name = f"index/{digest}"
+        self.put_content_addressed(name, [data], digest)
         return name
+
+    def put_content_addressed(self, name: str, pieces: list[bytes], digest: str) -> int:
+        """Store bytes named by their SHA-256 ``digest``; returns their size.
+
+        A file already under that name is kept only if it holds exactly these
+        bytes. One that was truncated, altered or swapped is replaced, so a new
+        backup of the same data repairs it instead of trusting it.
+        """
+        size = sum(len(piece) for piece in pieces)
+        try:
+            return self.storage.put(name, pieces, exclusive=True)
+        except FileExistsError:
+            pass
+        info = self.storage.stat(name)
+        if info is not None and info.size == size:
+            with contextlib.suppress(StorageError):
+                if hashlib.sha256(self.storage.get(name)).hexdigest() == digest:
+                    return size
+        return self.storage.put(name, pieces)
 
     def remove_stale_temps(self) -> int:
         """Remove temp files killed writers left behind; call only under the exclusive lock."""
@@ -525,20 +563,24 @@ class Repository:
 
     def snapshot_ids(self) -> list[str]:
         """Every snapshot id, oldest first. A listing failure raises, never returns []."""
-        ids: list[str] = []
+        ids: set[str] = set()
         for info in self.storage.list("snapshots"):
-            base = info.name.rsplit("/", 1)[-1]
+            # Manifests lie directly in snapshots/; an object below "<id>.json/"
+            # means something replaced that manifest with a folder: list the id,
+            # so that loading it reports the damage instead of hiding a snapshot.
+            base = info.name.split("/")[1]
             if base.endswith(".json"):
-                ids.append(base[: -len(".json")])
+                ids.add(base[: -len(".json")])
         return sorted(ids)
 
     def load_snapshot(self, snapshot_id: str) -> Snapshot:
+        """The snapshot's manifest; CorruptManifest if it exists but cannot be read or parsed."""
         try:
-            data = self.storage.get(snapshot_name(snapshot_id))
+            data = _get_bounded(self.storage, snapshot_name(snapshot_id), MAX_MANIFEST_BYTES, CorruptManifest)
         except StorageError as error:
             if not self.storage.exists(snapshot_name(snapshot_id)):
                 raise SnapshotNotFound(f"no snapshot {snapshot_id} in {self.storage.location}") from error
-            raise
+            raise CorruptManifest(f"manifest of snapshot {snapshot_id} cannot be read: {error}") from error
         if self.keys is not None:
             data = self.keys.open_object(data, self._aad("snapshot", snapshot_id), f"manifest of snapshot {snapshot_id}")
         return Snapshot.from_json(data, expected_id=snapshot_id)
@@ -648,10 +690,7 @@ class ChunkWriter:
         for piece in pieces:
             digest.update(piece)
         pack_id = digest.hexdigest()
-        try:
-            size = self.repository.storage.put(pack_name(pack_id), pieces, exclusive=True)
-        except FileExistsError:
-            size = sum(len(piece) for piece in pieces)
+        size = self.repository.put_content_addressed(pack_name(pack_id), pieces, pack_id)
         entries = packformat.header_entries(self._frames)
         self._written[pack_id] = (size, entries)
         self.packs_written[pack_id] = (size, entries)

@@ -73,6 +73,8 @@ def describe_os_error(action: str, target: object, error: OSError) -> StorageErr
     """Turn an OSError into the StorageError a user can act on."""
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         return NoSpace(f"cannot {action} {target}: no space left on device; free some space and run again")
+    if error.errno == errno.ELOOP:
+        return StorageError(f"cannot {action} {target}: it is a symbolic link, which no repository file is; it was replaced (run backup.verify)")
     if error.errno in (errno.EACCES, errno.EPERM):
         return StorageError(f"cannot {action} {target}: permission denied; check the owner and mode of the repository")
     return StorageError(f"cannot {action} {target}: {error.strerror or error}")
@@ -89,6 +91,15 @@ def open_storage(location: Path | str) -> Storage:
 
         return S3Storage.from_url(location)
     return LocalStorage(Path(location))
+
+
+def _open_for_reading(path: Path):
+    """Open a repository file without following a symlink in its place.
+
+    dbkeep never writes links, so a link there was planted or left by damage;
+    following it would read (and trust) a file outside the repository.
+    """
+    return open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)), "rb")
 
 
 class LocalStorage:
@@ -114,14 +125,15 @@ class LocalStorage:
     def get(self, name: str) -> bytes:
         path = self._path(name)
         try:
-            return path.read_bytes()
+            with _open_for_reading(path) as handle:
+                return handle.read()
         except OSError as error:
             raise describe_os_error("read", path, error) from error
 
     def get_range(self, name: str, offset: int, length: int) -> bytes:
         path = self._path(name)
         try:
-            with open(path, "rb") as handle:
+            with _open_for_reading(path) as handle:
                 handle.seek(offset)
                 data = handle.read(length)
         except OSError as error:

@@ -8,6 +8,7 @@ replayed into the new file).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -56,9 +57,17 @@ def move_aside_sidecars(path: Path) -> list[Path]:
     return moved
 
 
-def install_file(temp_path: Path, destination: Path, *, mode: int) -> None:
-    """Rename a fully written, fsynced temp file over ``destination`` (same directory)."""
+def install_file(temp_path: Path, destination: Path, *, mode: int, owner: tuple[int, int] | None = None) -> None:
+    """Rename a fully written, fsynced temp file over ``destination`` (same directory).
+
+    The new file gets ``mode`` and, where the restoring user may set it, the
+    ``owner`` (uid, gid) of the file it replaces, so the application that owns
+    the file can still write it.
+    """
     try:
+        if owner is not None and owner != (os.geteuid(), os.getegid()):
+            with contextlib.suppress(PermissionError):
+                os.chown(temp_path, *owner)
         os.chmod(temp_path, mode & 0o7777)
         fsio.replace(temp_path, destination)
         fsio.fsync_dir(destination.parent)

@@ -47,6 +47,7 @@ def _give_up_after(seconds: float):
 
 
 SQLITE_FULL = 13  # "database or disk is full" (sqlite3.SQLITE_FULL from Python 3.11 on)
+SQLITE_READONLY_ROLLBACK = 776  # a hot journal needs rolling back, which a read-only connection cannot do
 
 
 def _read_only_uri(path: Path, *, private: bool) -> str:
@@ -74,7 +75,7 @@ def capture_sqlite(path: Path, scratch_directory: Path, *, quick_check_above: in
     except OSError as error:
         raise _scratch_error(path, scratch_directory, error.errno, error.strerror or str(error)) from error
     try:
-        with contextlib.closing(_connect_read_only(path)) as source:
+        with contextlib.closing(_open_source(path)) as source:
             journal_mode = str(source.execute("PRAGMA journal_mode").fetchone()[0])
             with contextlib.closing(sqlite3.connect(copy_path, isolation_level=None)) as copy:
                 copy.execute("PRAGMA synchronous=OFF")
@@ -95,6 +96,39 @@ def capture_sqlite(path: Path, scratch_directory: Path, *, quick_check_above: in
         raise
     _remove_sidecars(copy_path)
     return copy_path, info
+
+
+def _open_source(path: Path) -> sqlite3.Connection:
+    """A connection for reading the live database: read-only whenever SQLite allows it.
+
+    A writer that died mid-transaction in rollback-journal mode leaves a hot
+    journal, and no read-only connection may read the database until it is rolled
+    back. The next read-write connection rolls it back (the application's own
+    next connection would do exactly that, restoring the last committed state),
+    so that is what is opened then. Raises SourceError when even that fails.
+    """
+    connection = _connect_read_only(path)
+    try:
+        connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return connection
+    except sqlite3.OperationalError as error:
+        connection.close()
+        if getattr(error, "sqlite_errorcode", None) != SQLITE_READONLY_ROLLBACK:
+            raise
+    hint = (
+        f"cannot back up SQLite database {path}: a writer died mid-transaction and left a hot journal that cannot be "
+        "rolled back here ({}); open the database once with write access (its application or sqlite3), then back up again"
+    )
+    # Without write access to the file and its folder a rollback would be left
+    # half done; refuse before touching anything.
+    if not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)):
+        raise SourceError(hint.format("no write access"))
+    try:
+        connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
+        connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.Error as error:
+        raise SourceError(hint.format(error)) from error
+    return connection
 
 
 def _scratch_error(path: Path, scratch_directory: Path, number: int | None, reason: str) -> SourceError | NoSpace:

@@ -54,7 +54,7 @@ def test_manifest_with_bad_chunk_list_id_is_refused(settings):
     _rewrite(settings, report.snapshot.id, poison)
     data = (settings.repository / "snapshots" / f"{report.snapshot.id}.json").read_bytes()
 
-    with pytest.raises(CorruptPack):
+    with pytest.raises(CorruptManifest, match="chunk list id"):
         Snapshot.from_json(data)
 
 

@@ -79,6 +79,8 @@ def op_lock_cycle(spec: dict) -> dict:
     storage = LocalStorage(Path(spec["repository"]))
     marker_dir = Path(spec["markers"])
     exclusive = spec.get("exclusive", True)
+    if spec.get("shared_every"):
+        exclusive = spec.get("number", 0) % spec["shared_every"] != spec["shared_every"] - 1
     overlaps: list[str] = []
     entered = 0
     for _ in range(spec.get("rounds", 1)):
@@ -96,8 +98,9 @@ def op_lock_cycle(spec: dict) -> dict:
                 os.write(descriptor, str(os.getpid()).encode())
                 # A few real file-system round trips widen the window a racing
                 # second holder would have to hit.
-                for _ in range(20):
+                for _ in range(5):
                     os.fsync(descriptor)
+                    os.listdir(marker_dir)
                 os.close(descriptor)
                 os.unlink(marker_dir / "writer")
             else:
@@ -130,6 +133,10 @@ def op_sqlite_writer(spec: dict) -> dict:
     connection = sqlite3.connect(path, timeout=30.0, isolation_level=None)
     connection.execute("PRAGMA busy_timeout=30000")
     connection.execute("PRAGMA cache_size=-64")  # spill pages to disk mid-transaction
+    if "synchronous" in spec:
+        connection.execute(f"PRAGMA synchronous={spec['synchronous']}")
+    if "autocheckpoint" in spec:
+        connection.execute(f"PRAGMA wal_autocheckpoint={int(spec['autocheckpoint'])}")
     rows = spec.get("rows", 1_000_000)
     start = int(connection.execute("SELECT coalesce(max(id), 0) FROM ledger").fetchone()[0]) + 1
     for ledger_id in range(start, start + rows):
@@ -168,7 +175,43 @@ def op_inspect(spec: dict) -> dict:
     return state
 
 
+def op_parallel(spec: dict) -> dict:
+    """Fork ``count`` processes that run ``spec["each"]`` at the same moment.
+
+    They all block on one pipe until every one of them exists, then the pipe is
+    closed and they start together (a barrier, no sleeping). Returns each
+    process's output and exit code.
+    """
+    count = spec["count"]
+    release_read, release_write = os.pipe()
+    children = []
+    for number in range(count):
+        result_read, result_write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(release_write)
+            os.close(result_read)
+            os.read(release_read, 1)  # returns when the parent closes the pipe
+            code, output = run({**spec["each"], "number": number})
+            os.write(result_write, json.dumps({"code": code, **output}).encode())
+            os._exit(code)
+        os.close(result_write)
+        children.append((pid, result_read))
+    os.close(release_read)
+    os.close(release_write)  # everyone starts
+    outputs = []
+    for pid, result_read in children:
+        chunks = []
+        while data := os.read(result_read, 1 << 16):
+            chunks.append(data)
+        os.close(result_read)
+        os.waitpid(pid, 0)
+        outputs.append(json.loads(b"".join(chunks)) if chunks else {"code": None, "ok": False, "error": "died"})
+    return {"outputs": outputs}
+
+
 OPERATIONS = {
+    "parallel": op_parallel,
     "inspect": op_inspect,
     "create": op_create,
     "restore": op_restore,
@@ -182,6 +225,8 @@ OPERATIONS = {
 
 
 def run(spec: dict) -> tuple[int, dict]:
+    if "umask" in spec:
+        os.umask(spec["umask"])
     try:
         result = OPERATIONS[spec["op"]](spec)
     except backup.BackupError as error:
@@ -204,7 +249,7 @@ def _fork_one(request: dict) -> dict:
             if request.get("record"):
                 plan = RecordingPlan(plan)
             with fsio.inject(plan):
-                code, output = run(request["spec"])
+                code, output = run_confined(request["spec"])
             output["counts"] = plan.counts
             if isinstance(plan, RecordingPlan):
                 output["sequence"] = plan.sequence
@@ -251,11 +296,45 @@ def batch() -> None:
             print(json.dumps(_fork_one(json.loads(line))), flush=True)
 
 
+AUDITED = ("open", "os.listdir", "os.scandir", "os.rename", "os.remove", "os.link", "os.symlink", "os.mkdir", "os.rmdir", "os.chmod", "os.truncate", "sqlite3.connect")
+
+
+def _audit_into(events: list[tuple[str, str]]) -> None:
+    """Record every file the process opens, lists, renames or removes (sys.addaudithook)."""
+
+    def hook(event: str, arguments: tuple) -> None:
+        if event in AUDITED and arguments:
+            target = arguments[0]
+            if isinstance(target, (str, bytes, os.PathLike)):
+                flags = arguments[2] if event == "open" and len(arguments) > 2 and isinstance(arguments[2], int) else 0
+                events.append((event, os.fsdecode(target), flags))
+
+    sys.addaudithook(hook)
+
+
+def run_confined(spec: dict) -> tuple[int, dict]:
+    """``run`` under the spec's memory limit (RLIMIT_AS) and audit hook, if it asks for them.
+
+    Call only in a process that runs nothing else afterwards: neither can be undone.
+    """
+    if spec.get("memory_limit"):
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (spec["memory_limit"], spec["memory_limit"]))
+    events: list[tuple[str, str, int]] = []
+    if spec.get("audit"):
+        _audit_into(events)
+    code, output = run(spec)
+    if spec.get("audit"):
+        output["audit"] = list(events)  # handed back with the output: no file is opened for it
+    return code, output
+
+
 def main() -> None:
     if sys.argv[1:] == ["--batch"]:
         batch()
         return
-    code, output = run(json.loads(sys.argv[1]))
+    code, output = run_confined(json.loads(sys.argv[1]))
     print(json.dumps(output), flush=True)
     sys.exit(code)
 
