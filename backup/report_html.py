@@ -960,6 +960,8 @@ svg.bar{height:22px;border-radius:4px}
   .restore-points{grid-template-columns:minmax(0,1fr)}
   .tiles{grid-template-columns:repeat(2,minmax(0,1fr))}
   .tile .big{font-size:1.3rem}
+}
+@media screen and (max-width: 820px){
   table.cards,table.cards tbody,table.cards caption{display:block;width:100%}
   table.cards thead{position:absolute;width:1px;height:1px;overflow:hidden;clip-path:inset(50%);white-space:nowrap}
   table.cards tr{display:grid;grid-template-columns:repeat(2,minmax(0,1fr));gap:6px 14px;border-bottom:1px solid var(--line);padding:10px 0}
@@ -973,6 +975,9 @@ svg.bar{height:22px;border-radius:4px}
   table.cards td.loss{background:var(--bad-bg)}
   .table-wrap{overflow-x:visible}
 }
+@media screen and (min-width: 641px) and (max-width: 820px){
+  table.cards tr{grid-template-columns:repeat(3,minmax(0,1fr))}
+}
 @media print{
   :root{
     --bg:#ffffff; --fg:#000000; --muted:#444c56; --line:#b8c0c8; --panel:#ffffff; --band:#f3f4f6;
@@ -982,6 +987,11 @@ svg.bar{height:22px;border-radius:4px}
   }
   body{font-size:10.5pt}
   .page-header,main,.page-footer{max-width:none;padding:0}
+  table{font-size:8pt}
+  th,td{padding:3px 4px}
+  thead th{font-size:7pt}
+  td .ago{font-size:7pt}
+  .tag{font-size:inherit}
   svg.chart-wide{display:block!important}
   svg.chart-narrow{display:none!important}
   h2,h3,caption{break-after:avoid}

@@ -12,10 +12,9 @@ import ast
 import errno
 import os
 import random
-import shutil
 import sqlite3
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -25,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from backup import create_backup
+from tests.browser import BROWSER, Browser, chromium
 from backup.fsio import FaultPlan, inject
 from backup.errors import NoSpace, StorageError, UsageError
 from backup.report import (
@@ -532,72 +532,89 @@ def test_rendering_modules_never_touch_the_repository():
 # -- a real browser ----------------------------------------------------------------------
 
 
-BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_browser = pytest.mark.skipif(BROWSER is None, reason="no chromium installed (Debian: apt-get install chromium)")
-
-
-def screenshot(page: Path, png: Path, *, width: int, dark: bool, profile: Path) -> str:
-    """Render ``page`` with headless chromium into ``png``; returns what the browser logged."""
-    command = [
-        BROWSER,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--hide-scrollbars",
-        "--enable-logging=stderr",
-        "--v=0",
-        f"--user-data-dir={profile}",
-        f"--window-size={width},2400",
-        f"--screenshot={png}",
-    ]
-    if dark:
-        command += ["--force-dark-mode", "--blink-settings=preferredColorScheme=0"]
-    completed = subprocess.run([*command, page.as_uri()], capture_output=True, text=True, timeout=120, check=False)
-    assert completed.returncode == 0, completed.stderr[-2000:]
-    return completed.stderr
-
-
-def console_messages(log: str) -> list[str]:
-    """Every line the page wrote to the console: errors, uncaught exceptions, and the
-    Content-Security-Policy's refusals (which chromium logs as INFO:CONSOLE)."""
-    return [line for line in log.splitlines() if ":CONSOLE" in line or "Uncaught" in line]
+DARK_BACKGROUND, LIGHT_BACKGROUND = "rgb(13, 17, 23)", "rgb(255, 255, 255)"
 
 
 @pytest.fixture(scope="module")
 def full_page(history: History, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The page with every section filled: a ledger (one failure), a retention plan, warnings."""
     ledger = {snapshot_id: {"at": NOW - timedelta(days=1), "ok": True, "level": "read-data"} for snapshot_id in history.ids[:5]}
     ledger[history.ids[6]] = {"at": NOW - timedelta(hours=2), "ok": False, "detail": "chunk 1f00 does not hash to its id"}
     plan = [{"snapshot_id": snapshot_id, "reasons": ["last"] if index >= 2 else []} for index, snapshot_id in enumerate(history.ids)]
     return write_report(history.settings, tmp_path_factory.mktemp("page") / "report.html", now=NOW, ledger=ledger, retention_plan=plan, retention_policy="--keep-last 5")
 
 
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
+    with chromium(tmp_path_factory.mktemp("chromium") / "profile") as running:
+        yield running
+
+
+LAYOUT = """({
+  pageWidth: document.documentElement.scrollWidth,
+  background: getComputedStyle(document.body).backgroundColor,
+  wideCharts: [...document.querySelectorAll('svg.chart-wide')].filter(e => getComputedStyle(e).display !== 'none').length,
+  narrowCharts: [...document.querySelectorAll('svg.chart-narrow')].filter(e => getComputedStyle(e).display !== 'none').length,
+  restorePointSize: parseFloat(getComputedStyle(document.querySelector('.rp-when')).fontSize),
+  bodySize: parseFloat(getComputedStyle(document.body).fontSize),
+  overflowing: [...document.querySelectorAll('main *')].filter(e => e.getBoundingClientRect().right > document.documentElement.clientWidth + 1
+      && !e.closest('.table-wrap')).map(e => e.tagName + '.' + e.className).slice(0, 5),
+})"""
+
+
 @needs_browser
-@pytest.mark.parametrize(("width", "dark"), [(1280, False), (390, False), (390, True)], ids=["desktop", "phone", "phone-dark"])
-def test_browser_renders_the_page_without_console_errors(full_page, tmp_path, width, dark):
-    png = tmp_path / "report.png"
-    log = screenshot(full_page, png, width=width, dark=dark, profile=tmp_path / "profile")
-    assert console_messages(log) == [], "\n".join(console_messages(log))
-    data = png.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    assert int.from_bytes(data[16:20], "big") == width, "the page was drawn at the asked width"
+@pytest.mark.parametrize(
+    ("width", "media", "scheme", "background"),
+    [
+        (1280, "screen", "light", LIGHT_BACKGROUND),
+        (390, "screen", "light", LIGHT_BACKGROUND),
+        (390, "screen", "dark", DARK_BACKGROUND),
+        (1280, "screen", "dark", DARK_BACKGROUND),
+        (760, "print", "dark", LIGHT_BACKGROUND),
+    ],
+    ids=["desktop", "phone", "phone-dark", "desktop-dark", "print-from-dark"],
+)
+def test_browser_renders_the_page_without_console_messages_or_overflow(browser, full_page, tmp_path, width, media, scheme, background):
+    page = browser.new_page(width=width, media=media, color_scheme=scheme)
+    page.open(full_page.as_uri())
+    layout = page.evaluate(LAYOUT)
+    png = page.screenshot(tmp_path / f"report-{width}-{media}-{scheme}.png")
+    assert page.collect_problems() == []
+    assert layout["pageWidth"] <= width, "nothing makes the page scroll sideways"
+    assert layout["overflowing"] == []
+    assert layout["background"] == background
+    phone = width < 640 and media == "screen"
+    assert (layout["wideCharts"] == 0) == phone and (layout["narrowCharts"] == 0) != phone, layout
+    assert layout["restorePointSize"] >= 1.9 * layout["bodySize"], "the restore point is in large type"
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(png[16:20], "big") == width
 
 
 @needs_browser
 @pytest.mark.parametrize(
     "body",
-    ["<script>notDefinedAnywhere()</script>", '<img src="http://example.invalid/logo.png" alt="">'],
-    ids=["script-error", "network-request"],
+    ["<script>notDefinedAnywhere()</script>", '<img src="http://example.invalid/logo.png" alt="">', "<script>console.error('x')</script>"],
+    ids=["script-error", "refused-request", "console-error"],
 )
-def test_browser_check_notices_script_errors_and_refused_requests(tmp_path, body):
-    """The console check above can fail: a broken script, or a request the report's own
-    Content-Security-Policy refuses, shows up in the browser's log."""
-    policy = '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; script-src \'unsafe-inline\'">'
-    page = tmp_path / "broken.html"
-    page.write_text(f"<!DOCTYPE html><html><head>{policy}<title>x</title></head><body>{body}</body></html>")
-    log = screenshot(page, tmp_path / "broken.png", width=390, dark=False, profile=tmp_path / "profile")
-    assert console_messages(log), log[-2000:]
+def test_browser_check_notices_script_errors_and_refused_requests(browser, tmp_path, body):
+    """The check above can fail: a broken script, a console error, or a request the
+    Content-Security-Policy refuses is reported."""
+    policy = "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; script-src 'unsafe-inline'\">"
+    page_file = tmp_path / "broken.html"
+    page_file.write_text(f"<!DOCTYPE html><html><head>{policy}<title>x</title></head><body>{body}</body></html>")
+    page = browser.new_page(width=390)
+    page.open(page_file.as_uri())
+    page.evaluate("document.title")  # a round trip, so every message of the load has arrived
+    assert page.collect_problems(), body
+
+
+@needs_browser
+def test_layout_check_notices_a_page_wider_than_the_screen(browser, tmp_path):
+    """The overflow assertion above can fail: an element wider than a phone is measured."""
+    page_file = tmp_path / "wide.html"
+    page_file.write_text('<!DOCTYPE html><html><head><meta name="viewport" content="width=device-width"><title>x</title></head>'
+                         '<body><main><p class="rp-when" style="width:900px">wide</p></main></body></html>')
+    page = browser.new_page(width=390)
+    page.open(page_file.as_uri())
+    layout = page.evaluate(LAYOUT)
+    assert layout["pageWidth"] > 390 and layout["overflowing"] == ["P.rp-when"]
