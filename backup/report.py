@@ -34,7 +34,6 @@ from .verification import Problem, verify_repository
 #: Warn when a table lost more than this fraction of its rows (as ``backup.compare`` does).
 DEFAULT_LOSS_THRESHOLD = 0.10
 MIGRATION_TAG = "migration"
-SAFETY_TAG = "safety"
 
 VERIFIED = "verified"  # every byte re-read and matched (by the ledger's routine or this report)
 CHECKED = "checked"  # structure only: every chunk indexed and its pack present at its size
@@ -43,10 +42,10 @@ FAILED = "failed"
 HEALTHY, ATTENTION, FAILING = "healthy", "attention", "failing"
 
 __all__ = [
-    "DEFAULT_LOSS_THRESHOLD",
     "Anomaly",
     "Coverage",
     "CoverageRow",
+    "DEFAULT_LOSS_THRESHOLD",
     "DatabaseHistory",
     "DatabaseVersion",
     "FailedVerification",
@@ -58,6 +57,9 @@ __all__ = [
     "StorageSummary",
     "Verification",
     "build_report",
+    "find_anomalies",
+    "newest_restore_point",
+    "publish_html",
     "render_html",
     "report_json",
     "write_report",
@@ -241,8 +243,8 @@ class Coverage:
 
     @property
     def least_recently_verified(self) -> CoverageRow | None:
-        verified = [row for row in self.rows if row.at is not None]
-        return min(verified, key=lambda row: row.at) if verified else None  # type: ignore[arg-type, return-value]
+        verified = [(row.at, row) for row in self.rows if row.at is not None]
+        return min(verified, key=lambda pair: pair[0])[1] if verified else None
 
     @property
     def oldest_unverified(self) -> CoverageRow | None:

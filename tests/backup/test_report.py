@@ -29,7 +29,12 @@ from backup.fsio import FaultPlan, inject
 from backup.errors import NoSpace, StorageError, UsageError
 from backup.report import (
     DEFAULT_LOSS_THRESHOLD,
+    DatabaseHistory,
+    DatabaseVersion,
+    Verification,
     build_report,
+    find_anomalies,
+    newest_restore_point,
     publish_html,
     render_html,
     report_json,
@@ -484,6 +489,55 @@ def test_page_is_semantic_with_captioned_tables_and_labelled_charts(plain_page):
     assert len(ids) == len(set(ids)), "element ids are unique"
 
 
+def _version(index: int, tag: str, tables: dict[str, int | None], *, schema: str = "s1", integrity: str = "ok") -> DatabaseVersion:
+    return DatabaseVersion(
+        path="app.db",
+        snapshot_id=f"2025011{index}T020000Z-000{index}",
+        time=T0 + timedelta(days=index),
+        tag=tag,
+        kind="sqlite",
+        size=4096,
+        sha256=f"{index:064x}",
+        tables=tables,
+        schema_hash=schema,
+        integrity=integrity,
+        verification=Verification(status="checked", level="structure", at=NOW, source="report"),
+    )
+
+
+def test_anomaly_rules_on_versions_of_one_database():
+    versions = (
+        _version(0, "daily", {"users": 100, "orders": 10, "audit": 5}),
+        _version(1, "daily", {"users": 100, "orders": None, "audit": 5}),  # an uncounted table warns about nothing
+        _version(2, "daily", {"users": 100, "orders": 10}),  # audit vanished
+        _version(3, "daily", {"users": 100, "orders": 10, "empty": 0}, schema="s2"),  # schema change, no migration
+        _version(4, "migration", {"users": 100, "orders": 10, "empty": 0}, schema="s2"),
+        _version(5, "daily", {"users": 100, "orders": 10}, schema="s3", integrity="*** page 3 is never used"),  # after a migration
+    )
+    database = DatabaseHistory(path="app.db", kind="sqlite", versions=versions, restore_point=None)
+    found = [(anomaly.kind, anomaly.snapshot_id[-1]) for anomaly in find_anomalies(database)]
+    assert found == [("table-removed", "2"), ("schema-change", "3"), ("integrity", "5")]
+    assert newest_restore_point("app.db", versions).snapshot_id == versions[4].snapshot_id, "a version failing its integrity check is no restore point"
+
+
+def test_naive_now_and_threshold_outside_a_fraction_are_refused(history):
+    with pytest.raises(UsageError, match="time-zone-aware"):
+        build_report(history.settings, now=datetime(2025, 1, 14))
+    with pytest.raises(UsageError, match="expected a fraction from 0 to 1"):
+        build_report(history.settings, now=NOW, loss_threshold=10)
+    with pytest.raises(UsageError, match="needs a 'snapshot_id'"):
+        build_report(history.settings, now=NOW, retention_plan=[{"reasons": ["last"]}])
+
+
+def test_missing_repository_is_reported_not_created(tmp_path):
+    from backup.errors import RepositoryNotFound
+
+    settings = settings_from_mapping({"lock_wait": 0}, root=tmp_path)
+    with pytest.raises(RepositoryNotFound):
+        build_report(settings, now=NOW)
+    assert not (tmp_path / ".backups").exists()
+
+
 # -- writing -----------------------------------------------------------------------------
 
 
@@ -519,6 +573,13 @@ def test_report_json_is_plain_data(history):
     assert document["status"] == "attention"
     assert document["restore_points"]["app.db"]["snapshot_id"] == history.ids[6]
     assert len(document["snapshots"]) == 7 and "2025-01-10T02:00:00Z" in text
+
+
+def test_report_module_exports_what_it_lists():
+    import backup.report
+
+    assert sorted(backup.report.__all__) == list(backup.report.__all__)
+    assert all(hasattr(backup.report, name) for name in backup.report.__all__)
 
 
 def test_rendering_modules_never_touch_the_repository():
