@@ -350,13 +350,29 @@ class Lane:
 LANE_HEIGHT = 46
 
 
-def timeline_chart(lanes: Sequence[Lane], *, chart_id: str, title: str, description: str, width: int, span: tuple[datetime, datetime], css: str = "") -> str:
-    """One lane per database, a marker per snapshot holding it, a shared time axis below."""
-    left, right, top = 14.0, width - 14.0, 8.0
+def timeline_chart(
+    lanes: Sequence[Lane],
+    *,
+    chart_id: str,
+    title: str,
+    description: str,
+    width: int,
+    span: tuple[datetime, datetime],
+    labels: Sequence[tuple[datetime, str, bool]] = (),
+    css: str = "",
+) -> str:
+    """One lane per database, a marker per snapshot holding it, a shared time axis below.
+
+    ``labels`` are (time, text, prominent) tags written above the lanes; prominent
+    ones are placed first, and a label that would overlap another is left off.
+    """
+    left, right = 14.0, width - 14.0
+    top = 26.0 if labels else 8.0
     bottom = top + LANE_HEIGHT * max(1, len(lanes)) + 6
     height = int(bottom + 26)
     scale = TimeScale(start=span[0], end=span[1], left=left, right=right)
     parts = _time_axis(scale, top=top, bottom=bottom, width=width)
+    parts += _tag_labels(labels, scale, width=width, baseline=top - 9)
     label_chars = max(8, int((right - left) / 7.2))
     for index, lane in enumerate(lanes):
         lane_top = top + index * LANE_HEIGHT
@@ -369,6 +385,21 @@ def timeline_chart(lanes: Sequence[Lane], *, chart_id: str, title: str, descript
         for marker in sorted(lane.markers, key=lambda item: (item.ring, item.state == "failed", item.time)):
             parts.append(_marker(scale.x(marker.time), baseline, marker))
     return _svg(width=width, height=height, chart_id=chart_id, title=title, description=description, body=parts, css=css)
+
+
+def _tag_labels(labels: Sequence[tuple[datetime, str, bool]], scale: TimeScale, *, width: float, baseline: float) -> list[str]:
+    """Tag texts centred over their snapshots, prominent first, none overlapping or cut off."""
+    placed: list[tuple[float, float]] = []
+    parts: list[str] = []
+    for moment, text, prominent in sorted(labels, key=lambda item: (not item[2], item[0])):
+        x = scale.x(moment)
+        half = label_width(text) * 0.92 / 2
+        start, end = x - half, x + half
+        if start < 0 or end > width or any(start < other_end + 6 and end > other_start - 6 for other_start, other_end in placed):
+            continue
+        placed.append((start, end))
+        parts.append(_text(x, baseline, text, "tag-label tag-label-strong" if prominent else "tag-label", "middle"))
+    return parts
 
 
 def _marker(x: float, y: float, marker: Marker) -> str:

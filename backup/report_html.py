@@ -412,8 +412,10 @@ def _timeline(report: HealthReport) -> str:
         f"between {_utc(report.snapshots[0].time)} and {_utc(report.snapshots[-1].time)}; {failed} failed verification."
     )
     title = "Snapshots per database over time"
-    wide = charts.timeline_chart(lanes, chart_id="timeline-wide", title=title, description=description, width=WIDE, span=span, css="chart-wide")
-    narrow = charts.timeline_chart(lanes, chart_id="timeline-narrow", title=title, description=description, width=NARROW, span=span, css="chart-narrow")
+    labels = [(point.time, point.tag, point.tag in ("safety", "migration")) for point in report.snapshots]
+    common = {"title": title, "description": description, "span": span, "labels": labels}
+    wide = charts.timeline_chart(lanes, chart_id="timeline-wide", width=WIDE, css="chart-wide", **common)
+    narrow = charts.timeline_chart(lanes, chart_id="timeline-narrow", width=NARROW, css="chart-narrow", **common)
     ring_icon = '<svg class="swatch" viewBox="0 0 24 24" width="18" height="18" aria-hidden="true"><circle class="mark m-verified" cx="12" cy="12" r="5"/><circle class="ring" cx="12" cy="12" r="10"/></svg>'
     flag_icon = '<svg class="swatch" viewBox="0 0 18 18" width="18" height="18" aria-hidden="true"><path class="warn-flag" d="M9,3l6,11h-12z"/></svg>'
     legend = _legend(
@@ -427,7 +429,7 @@ def _timeline(report: HealthReport) -> str:
             (flag_icon, "warning"),
         ]
     )
-    figure = _figure(wide, narrow, f"One row per database or file, one marker per snapshot holding it; the table below lists them.{legend}")
+    figure = _figure(wide, narrow, f"One row per database or file, one marker per snapshot holding it, its tag above (where there is room); the table below lists them.{legend}")
     return _section("timeline", "Snapshots over time", figure + _snapshot_table(report))
 
 
@@ -923,6 +925,8 @@ svg.bar{height:22px;border-radius:4px}
 .page-footer p{border-top:1px solid var(--line);padding-top:14px;margin:0}
 .chart text{fill:var(--muted);font-size:12px;font-family:inherit}
 .chart .lane-label{fill:var(--fg);font-size:12.5px;font-weight:600}
+.chart .tag-label{font-size:11px}
+.chart .tag-label-strong{fill:var(--fg);font-weight:600}
 .chart .grid{stroke:var(--line);stroke-width:1;opacity:.7}
 .chart .axis{stroke:var(--muted);stroke-width:1}
 .chart .lane-line{stroke:var(--line);stroke-width:1.5}

@@ -107,3 +107,13 @@ def test_timeline_escapes_labels_and_marks_failed_and_restore_point():
 def test_stacked_bar_of_zeros_draws_nothing_and_does_not_divide_by_zero():
     root = _parse(charts.stacked_bar([("none", 0, "a"), ("none", 0, "b")], chart_id="b", title="t"))
     assert root.findall(f"{SVG}rect") == []
+
+
+def test_timeline_tags_put_safety_and_migration_first_and_never_overlap():
+    moments = [T0 + timedelta(minutes=10 * index) for index in range(6)]
+    labels = [(moment, "daily", False) for moment in moments[:-1]] + [(moments[-1], "migration", True)]
+    svg = charts.timeline_chart([], chart_id="t", title="t", description="d", width=400, span=(T0 - timedelta(hours=1), T0 + timedelta(hours=2)), labels=labels)
+    shown = [(float(text.get("x")), text.text) for text in _parse(svg).findall(f".//{SVG}text") if "tag-label" in (text.get("class") or "")]
+    assert ("migration" in [text for _, text in shown]) and 1 <= len(shown) < len(labels)
+    spans = sorted((x - charts.label_width(text) * 0.46, x + charts.label_width(text) * 0.46) for x, text in shown)
+    assert all(left[1] + 6 <= right[0] for left, right in zip(spans, spans[1:]))

@@ -248,6 +248,14 @@ def test_report_of_known_history_counts_every_snapshot_per_database(history):
     assert by_path["notes.db"].distinct_contents == 1
 
 
+def test_timeline_marks_safety_and_migration_snapshots_and_names_their_tags(plain_page):
+    timeline = plain_page.one("svg", id="timeline-wide")
+    strong = [text.all_text for text in timeline.select("text", class_="tag-label-strong")]
+    assert sorted(strong) == ["migration", "safety"]
+    assert len(timeline.select("rect", class_="mark")) == 3, "one migration square per lane"
+    assert len(timeline.select("path", class_="mark")) == 1, "one safety diamond, in app.db's lane"
+
+
 def test_page_lists_each_snapshot_with_its_tag_newest_first(history, plain_page):
     rows = plain_page.one("table", class_="snapshots").select("tr", class_="snapshot")
     assert [row.attributes["data-snapshot"] for row in rows] == list(reversed(history.ids))
