@@ -297,7 +297,9 @@ def line_chart(
         if len(points) > 1:
             dash = " dashed" if item.dashed else ""
             parts.append(f'<polyline class="line {escape(item.css)}{dash}" points="{_points(coordinates)}"/>')
-        radius = 3.5 if len(points) <= 40 else 2.0
+        if len(points) > DOTS_UP_TO:
+            continue  # a dense line reads better without dots, and the page stays small
+        radius = 3.5 if len(points) <= 30 else 2.2
         for moment, value in points:
             tip = f"{item.name}: {show(value)} at {moment.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC"
             parts.append(
@@ -348,6 +350,8 @@ class Lane:
 
 
 LANE_HEIGHT = 46
+#: Lines with more points than this are drawn without a dot (and tooltip) per point.
+DOTS_UP_TO = 60
 
 
 def timeline_chart(
@@ -382,8 +386,9 @@ def timeline_chart(
         label = lane.label if len(lane.label) <= label_chars else "…" + lane.label[-(label_chars - 1) :]
         parts.append(_text(left, lane_top + 13, label, "lane-label"))
         parts.append(f'<line class="lane-line" x1="{_number(left)}" y1="{_number(baseline)}" x2="{_number(right)}" y2="{_number(baseline)}"/>')
+        size = _marker_size(len(lane.markers), right - left)
         for marker in sorted(lane.markers, key=lambda item: (item.ring, item.state == "failed", item.time)):
-            parts.append(_marker(scale.x(marker.time), baseline, marker))
+            parts.append(_marker(scale.x(marker.time), baseline, marker, size))
     return _svg(width=width, height=height, chart_id=chart_id, title=title, description=description, body=parts, css=css)
 
 
@@ -402,15 +407,21 @@ def _tag_labels(labels: Sequence[tuple[datetime, str, bool]], scale: TimeScale, 
     return parts
 
 
-def _marker(x: float, y: float, marker: Marker) -> str:
-    shape = marker_shape(marker.shape, x, y, f"mark m-{marker.state}")
+def _marker_size(count: int, room: float) -> float:
+    """Marker radius: 6 when snapshots are far apart, down to 2.5 when they crowd the lane."""
+    return max(2.5, min(6.0, room / max(count, 1) * 0.4))
+
+
+def _marker(x: float, y: float, marker: Marker, size: float = 6.0) -> str:
+    shape = marker_shape(marker.shape, x, y, f"mark m-{marker.state}", size=size)
     extra = ""
     if marker.state == "failed":
-        extra += f'<path class="cross" d="M{_number(x - 3)},{_number(y - 3)}l6,6m0,-6l-6,6"/>'
+        arm = max(2.0, size / 2)
+        extra += f'<path class="cross" d="M{_number(x - arm)},{_number(y - arm)}l{_number(2 * arm)},{_number(2 * arm)}m0,{_number(-2 * arm)}l{_number(-2 * arm)},{_number(2 * arm)}"/>'
     if marker.ring:
-        extra += f'<circle class="ring" cx="{_number(x)}" cy="{_number(y)}" r="11"/>'
+        extra += f'<circle class="ring" cx="{_number(x)}" cy="{_number(y)}" r="{_number(size + 5)}"/>'
     if marker.warning:
-        extra += f'<path class="warn-flag" d="M{_number(x)},{_number(y - 19)}l5,8h-10z"/>'
+        extra += f'<path class="warn-flag" d="M{_number(x)},{_number(y - size - 13)}l5,8h-10z"/>'
     return f"<g>{shape}{extra}<title>{escape(marker.tooltip)}</title></g>"
 
 

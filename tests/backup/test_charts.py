@@ -117,3 +117,13 @@ def test_timeline_tags_put_safety_and_migration_first_and_never_overlap():
     assert ("migration" in [text for _, text in shown]) and 1 <= len(shown) < len(labels)
     spans = sorted((x - charts.label_width(text) * 0.46, x + charts.label_width(text) * 0.46) for x, text in shown)
     assert all(left[1] + 6 <= right[0] for left, right in zip(spans, spans[1:]))
+
+
+def test_dense_lines_drop_their_dots_and_crowded_lanes_shrink_their_markers():
+    many = charts.Series(name="rows", css="s0", points=tuple((T0 + timedelta(hours=index), float(index)) for index in range(charts.DOTS_UP_TO + 1)))
+    span = (T0, T0 + timedelta(hours=charts.DOTS_UP_TO + 1))
+    root = _parse(charts.line_chart([many], chart_id="c", title="t", description="d", kind="count", width=400, height=200, span=span))
+    assert root.findall(f".//{SVG}circle") == [] and len(root.findall(f".//{SVG}polyline")) == 1
+    markers = tuple(charts.Marker(time=T0 + timedelta(hours=index), shape="circle", state="checked", tooltip="x") for index in range(200))
+    lane = _parse(charts.timeline_chart([charts.Lane(label="a", markers=markers)], chart_id="t", title="t", description="d", width=400, span=span))
+    assert {circle.get("r") for circle in lane.findall(f".//{SVG}circle")} == {"2.5"}
