@@ -255,6 +255,8 @@ def _status_reasons(report: HealthReport) -> str:
     if not report.snapshots:
         parts.append("the repository holds no snapshot yet")
     if not parts:
+        if any(point is not None and point.level != "read-data" for point in report.restore_points.values()):
+            return "— every database has a restore point whose structure checked out (its bytes were not re-read here), and nothing looks unusual."
         return "— every database has a verified restore point and nothing looks unusual."
     return "— " + "; ".join(parts) + "."
 

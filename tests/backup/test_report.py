@@ -438,6 +438,17 @@ def test_read_data_check_marks_every_snapshot_verified(history):
     assert report.status == "attention", "the anomalies remain"
 
 
+@pytest.mark.parametrize(("read_data", "says"), [(False, "structure checked out"), (True, "every database has a verified restore point")])
+def test_healthy_status_says_how_deep_the_restore_points_were_checked(tmp_path, read_data, says):
+    root = tmp_path / "project"
+    root.mkdir()
+    _execute(root / "x.db", "CREATE TABLE t(a)", "INSERT INTO t VALUES (1)")
+    settings = settings_from_mapping({"lock_wait": 0}, root=root)
+    create_backup(settings, now=T0)
+    status = parse(render_html(build_report(settings, now=NOW, read_data=read_data))).one(id="status")
+    assert status.attributes["data-status"] == "healthy" and says in status.all_text
+
+
 def test_hostile_tag_and_note_are_escaped(tmp_path):
     root = tmp_path / "project"
     root.mkdir()
