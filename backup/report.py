@@ -333,13 +333,14 @@ def build_report(
     ``retention_plan``: a record with ``decisions`` (and optionally ``held``), or
     the decisions themselves: each with ``snapshot_id`` and ``reasons`` (kept
     when it has reasons, or per an explicit ``keep``). ``retention_policy``: the
-    policy in one line. Raises RepositoryNotFound, RepositoryLocked, StorageError,
-    and UsageError for a malformed ledger or plan or a threshold outside 0..1.
+    policy in one line. Raises RepositoryNotFound, RepositoryLocked, StorageError;
+    ValueError (a caller's bug) for a naive ``now``, a threshold outside 0..1, or
+    a malformed ledger or plan.
     """
     if now.tzinfo is None:
-        raise UsageError("the report needs a time-zone-aware 'now'")
+        raise ValueError("the report needs a time-zone-aware 'now'")
     if not 0 <= loss_threshold <= 1:
-        raise UsageError(f"loss threshold {loss_threshold!r} is not allowed: expected a fraction from 0 to 1")
+        raise ValueError(f"loss threshold {loss_threshold!r} is not allowed: expected a fraction from 0 to 1")
     ledger_entries = _ledger_entries(ledger)
     repository = open_repository(settings)
     with locking.acquire(repository.storage, exclusive=False, purpose="report", wait=settings.lock_wait):
@@ -424,9 +425,9 @@ def _moment(value: Any, what: str) -> datetime:
         try:
             value = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
-            raise UsageError(f"{what} has time {value[:40]!r}, which is no ISO 8601 time") from None
+            raise ValueError(f"{what} has time {value[:40]!r}, which is no ISO 8601 time") from None
     if not isinstance(value, datetime) or value.tzinfo is None:
-        raise UsageError(f"{what} has no time-zone-aware time")
+        raise ValueError(f"{what} has no time-zone-aware time")
     return value
 
 
@@ -436,12 +437,12 @@ def _ledger_entries(ledger: Any) -> dict[str, _LedgerEntry] | None:
         return None
     entries = ledger if isinstance(ledger, Mapping) and "snapshots" not in ledger else _get(ledger, "snapshots")
     if not isinstance(entries, Mapping):
-        raise UsageError("the verification ledger must map snapshot ids to entries (or hold such a mapping as 'snapshots')")
+        raise ValueError("the verification ledger must map snapshot ids to entries (or hold such a mapping as 'snapshots')")
     parsed: dict[str, _LedgerEntry] = {}
     for snapshot_id, entry in entries.items():
         ok = _get(entry, "ok")
         if not isinstance(ok, bool):
-            raise UsageError(f"verification ledger entry for {str(snapshot_id)[:40]} has no boolean 'ok'")
+            raise ValueError(f"verification ledger entry for {str(snapshot_id)[:40]} has no boolean 'ok'")
         parsed[str(snapshot_id)] = _LedgerEntry(
             at=_moment(_get(entry, "at"), f"verification ledger entry for {str(snapshot_id)[:40]}"),
             ok=ok,
@@ -631,14 +632,14 @@ def _coverage(snapshots: Sequence[Snapshot], entries: Mapping[str, _LedgerEntry]
 def _retention(plan: Any, snapshots: Sequence[Snapshot], policy: str | None) -> RetentionSummary:
     decisions = _get(plan, "decisions", plan) if not isinstance(plan, (list, tuple)) else plan
     if isinstance(decisions, (str, bytes)) or not isinstance(decisions, Iterable):
-        raise UsageError("the retention plan must be a sequence of decisions (or hold one as 'decisions')")
+        raise ValueError("the retention plan must be a sequence of decisions (or hold one as 'decisions')")
     known = {snapshot.id: snapshot for snapshot in snapshots}
     rows = []
     for decision in decisions:
         snapshot_id = _get(decision, "snapshot_id")
         reasons = _get(decision, "reasons", ())
         if not isinstance(snapshot_id, str) or isinstance(reasons, str) or not isinstance(reasons, Iterable):
-            raise UsageError("each retention decision needs a 'snapshot_id' and a list of 'reasons'")
+            raise ValueError("each retention decision needs a 'snapshot_id' and a list of 'reasons'")
         reasons = tuple(str(reason) for reason in reasons)
         keep = _get(decision, "keep", bool(reasons))
         snapshot = known.get(snapshot_id)

@@ -375,10 +375,10 @@ def test_ledger_as_a_record_with_attribute_entries_is_accepted(history):
     assert report.coverage is not None and report.coverage.passed == 7 and report.coverage.never == 0
 
 
-def test_malformed_ledger_is_refused_with_one_clear_line(history):
-    with pytest.raises(UsageError, match="has no boolean 'ok'"):
+def test_malformed_ledger_is_a_caller_bug_named_in_one_line(history):
+    with pytest.raises(ValueError, match="has no boolean 'ok'"):
         build_report(history.settings, now=NOW, ledger={history.ids[0]: {"at": "2025-01-14T07:00:00Z", "ok": "yes"}})
-    with pytest.raises(UsageError, match="no ISO 8601 time"):
+    with pytest.raises(ValueError, match="no ISO 8601 time"):
         build_report(history.settings, now=NOW, ledger={history.ids[0]: {"at": "last week", "ok": True}})
 
 
@@ -539,12 +539,12 @@ def test_anomaly_rules_on_versions_of_one_database():
     assert newest_restore_point("app.db", versions).snapshot_id == versions[4].snapshot_id, "a version failing its integrity check is no restore point"
 
 
-def test_naive_now_and_threshold_outside_a_fraction_are_refused(history):
-    with pytest.raises(UsageError, match="time-zone-aware"):
+def test_naive_now_threshold_outside_a_fraction_and_malformed_plan_are_caller_bugs(history):
+    with pytest.raises(ValueError, match="time-zone-aware"):
         build_report(history.settings, now=datetime(2025, 1, 14))
-    with pytest.raises(UsageError, match="expected a fraction from 0 to 1"):
+    with pytest.raises(ValueError, match="expected a fraction from 0 to 1"):
         build_report(history.settings, now=NOW, loss_threshold=10)
-    with pytest.raises(UsageError, match="needs a 'snapshot_id'"):
+    with pytest.raises(ValueError, match="needs a 'snapshot_id'"):
         build_report(history.settings, now=NOW, retention_plan=[{"reasons": ["last"]}])
 
 
