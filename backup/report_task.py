@@ -76,7 +76,11 @@ def summary_line(report: HealthReport, path: Path) -> str:
     },
 )
 def report(c, out="report.html", open_=False, root=None, json=False, read_data=False):
-    """Write the repository's health (snapshots, growth, row counts, warnings, restore points) as one HTML page."""
+    """Write the repository's health as one HTML page.
+
+    Snapshots over time, storage growth, sizes and row counts per database,
+    warnings, failed verifications and the newest verified restore point.
+    """
     try:
         settings = _settings(c, root)
         health = build_report(settings, now=datetime.now(timezone.utc), read_data=read_data)

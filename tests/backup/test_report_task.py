@@ -41,6 +41,15 @@ def make_project(tmp_path: Path) -> Path:
     return root
 
 
+def test_report_task_documents_every_flag_and_fits_one_list_line():
+    from backup.report_task import report
+
+    arguments = report.get_arguments()
+    assert {argument.name for argument in arguments if argument.help} == {argument.name for argument in arguments}
+    assert {"out", "open", "root", "json", "read-data"} == {argument.names[0] for argument in arguments}
+    assert len(report.__doc__.strip().splitlines()[0]) <= 62
+
+
 def test_report_task_writes_the_page_and_says_where(tmp_path):
     root = make_project(tmp_path)
     completed = run("--out", "out/health.html", cwd=root)
