@@ -20,7 +20,10 @@ from invoke import Exit, task
 from .errors import BackupError, ConfigError, RepositoryLocked, RepositoryNotFound, RestoreRefused, UsageError
 from .report import HealthReport, build_report, publish_html, render_html, report_json
 from .report_html import ago
-from .settings import Settings, load_settings
+from .ledger import load_ledger
+from .operations import list_backups, open_repository
+from .retention import PolicyRefused, RetentionPolicy, apply_policy
+from .settings import Settings, load_settings, to_plain
 
 SCHEMA_VERSION = 1
 
@@ -43,6 +46,18 @@ def _settings(c, root: str | None) -> Settings:
     if not directory.is_dir():
         raise UsageError(f"project root {directory} is not a directory")
     return load_settings(directory)
+
+
+def maintenance_inputs(settings: Settings, section: dict, *, now: datetime):
+    """The verification ledger, and the plan ``backup.clean`` would follow now (None if refused)."""
+    ledger = load_ledger(open_repository(settings).storage)
+    configured = section.get("retention") or {}
+    policy = RetentionPolicy.from_mapping(configured) if configured else RetentionPolicy(keep_last=settings.keep_last)
+    try:
+        plan = apply_policy(list_backups(settings).snapshots, policy, now=now, verification=ledger.outcomes())
+    except PolicyRefused:
+        plan = None
+    return ledger, plan, policy.describe()
 
 
 def summary_line(report: HealthReport, path: Path) -> str:
@@ -82,8 +97,12 @@ def report(c, out="report.html", open_=False, root=None, json=False, read_data=F
     warnings, failed verifications and the newest verified restore point.
     """
     try:
-        settings = _settings(c, root)
-        health = build_report(settings, now=datetime.now(timezone.utc), read_data=read_data)
+        from .tasks import settings_for  # here: backup.tasks imports this module
+
+        now = datetime.now(timezone.utc)
+        settings = settings_for(c, root)
+        ledger, plan, policy = maintenance_inputs(settings, to_plain(c.config.get("backup", {})), now=now)
+        health = build_report(settings, now=now, read_data=read_data, ledger=ledger, retention_plan=plan, retention_policy=policy)
         path = publish_html(render_html(health), Path(out))
     except BackupError as error:
         code = _exit_code(error)

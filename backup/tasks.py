@@ -36,6 +36,7 @@ from .operations import RestorePlan, clean_old_backups, create_backup, find_snap
 from .sample import DEFAULT_SIZE, create_sample_project
 from .settings import EXTERNAL_SECTIONS, Settings, config_defaults, settings_from_mapping, to_plain
 from .unlocking import unlock_repository
+from .report_task import report
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -469,7 +470,7 @@ def sample(c, path="sample", size_mb=None, json=False):
 def build_collection() -> Collection:
     """The ``backup`` collection with its configuration defaults."""
     collection = Collection("backup")
-    for each in (create, restore, list_, verify, compare, info, size, clean, export_, unlock):
+    for each in (create, restore, list_, verify, compare, info, size, clean, export_, unlock, report):
         collection.add_task(each)
     collection.configure({"backup": config_defaults()})
     return collection

@@ -16,7 +16,7 @@ from backup import tasks as backup_tasks
 from maintenance.program import build_namespace
 from backup.settings import DEFAULT_INCLUDE, config_defaults
 
-BACKUP_TASKS = {"clean", "compare", "create", "export", "info", "list", "restore", "size", "unlock", "verify"}
+BACKUP_TASKS = {"clean", "compare", "create", "export", "info", "list", "report", "restore", "size", "unlock", "verify"}
 
 
 def _parameters(task) -> list[str]:
