@@ -89,6 +89,11 @@ class RoutineConfig:
     notify: NotifySettings = field(default_factory=NotifySettings)
 
     @property
+    def reports_directory(self) -> Path:
+        """Where weekly and monthly write their HTML health pages: beside the exports."""
+        return self.exports_directory.parent / ".backup-reports"
+
+    @property
     def exports_directory(self) -> Path:
         path = Path(self.maintenance.exports)
         return path if path.is_absolute() else self.settings.root / path

@@ -31,6 +31,7 @@ from backup.errors import BackupError, StorageError
 from backup.ledger import Ledger, Verification, load_ledger, update_ledger
 from backup.lookup import snapshot_time
 from backup.manifest import Snapshot
+from backup.report import write_report
 from backup.operations import clean_old_backups, create_backup, list_backups, open_repository, restore_backup, verify_selected
 from backup.retention import PolicyRefused, apply_policy, oldest_restorable
 from backup.sources import check_sqlite_copy
@@ -229,6 +230,28 @@ def _report_step(runner: StepRunner, config: RoutineConfig, moment: datetime) ->
 # -- weekly ------------------------------------------------------------------------------
 
 
+def health_report_step(config: RoutineConfig, routine: str, moment: datetime) -> Callable[[], tuple[str, dict[str, Any], bool]]:
+    """A step writing the HTML health page (ledger and retention plan included) beside the JSON report."""
+
+    def write() -> tuple[str, dict[str, Any], bool]:
+        ledger = load_ledger(open_repository(config.settings).storage)
+        try:
+            plan = apply_policy(list_backups(config.settings).snapshots, config.retention, now=moment, verification=ledger.outcomes())
+        except PolicyRefused:
+            plan = None
+        path = write_report(
+            config.settings,
+            config.reports_directory / f"{routine}-report.html",
+            now=moment,
+            ledger=ledger,
+            retention_plan=plan,
+            retention_policy=config.retention.describe(),
+        )
+        return f"wrote {path}", {"path": str(path)}, True
+
+    return write
+
+
 def run_weekly(config: RoutineConfig, *, now: datetime | None = None) -> RoutineReport:
     """Re-verify a rotating share with read-data, then report storage and locks."""
     moment = now or _utc_now()
@@ -314,6 +337,7 @@ def run_weekly(config: RoutineConfig, *, now: datetime | None = None) -> Routine
     runner.run("verify (rotation)", verify)
     runner.run("storage", storage)
     runner.run("locks", locks)
+    runner.run("health report", health_report_step(config, "weekly", moment))
     alerts = _report_step(runner, config, moment)
     return RoutineReport(routine="weekly", started=moment, steps=tuple(runner.steps), alerts=alerts)
 
@@ -403,6 +427,7 @@ def run_monthly(config: RoutineConfig, *, now: datetime | None = None, scratch: 
     runner.run("restore drill", drill)
     runner.run("retention review", review)
     runner.run("exports", exports)
+    runner.run("health report", health_report_step(config, "monthly", moment))
     alerts = _report_step(runner, config, moment)
     return RoutineReport(routine="monthly", started=moment, steps=tuple(runner.steps), alerts=alerts)
 

@@ -92,11 +92,14 @@ def test_ci_runs_tests_and_selftest_on_python_3_10_to_3_13():
 
 def test_backup_workflow_runs_daily_at_two_utc_keeps_exports_30_days_and_opens_an_issue_on_failure():
     document = load("backup-databases.yml")
-    assert document["on"]["schedule"] == [{"cron": "0 2 * * *"}]
+    assert document["on"]["schedule"][0] == {"cron": "0 2 * * *"}
     assert "workflow_dispatch" in document["on"]
     steps = document["jobs"]["daily"]["steps"]
     assert any("maintenance.daily" in step.get("run", "") for step in steps)
-    upload = next(step for step in steps if str(step.get("uses", "")).startswith("actions/upload-artifact"))
-    assert upload["with"]["retention-days"] == 30
+    uploads = [step for step in steps if str(step.get("uses", "")).startswith("actions/upload-artifact")]
+    export = next(step for step in uploads if "DBKEEP_EXPORTS" in step["with"]["path"])
+    assert export["with"]["retention-days"] == 30
+    report = next(step for step in uploads if ".backup-reports" in step["with"]["path"])
+    assert any("maintenance.weekly" in step.get("run", "") for step in steps) and report["if"].startswith("always()")
     issue = next(step for step in steps if "gh issue create" in step.get("run", ""))
     assert issue["if"] == "failure()" and document["permissions"]["issues"] == "write"
