@@ -112,9 +112,14 @@ def copy_snapshots(
     *,
     encrypt_target: bool = False,
     target_passphrase: Callable[[], str | None] = target_passphrase_from_environment,
+    catch_up: bool = False,
     now: datetime | None = None,
 ) -> CopyReport:
     """Copy snapshots (ids, prefixes, ``latest`` or points in time) into another repository.
+
+    With ``catch_up``, every source snapshot newer than the target's newest one
+    is copied too (all of them into an empty target), so a copy missed by an
+    earlier run is made now while snapshots pruned from the target never return.
 
     Sends only chunks the target lacks; re-reads every copied file from the
     target and checks its SHA-256 before the manifest is published there, so a
@@ -135,13 +140,22 @@ def copy_snapshots(
         results: list[CopiedSnapshot] = []
         with locking.acquire(target.storage, exclusive=True, purpose="copy (target)", wait=source_settings.lock_wait) as target_lock:
             present = set(target.snapshot_ids())
+            if catch_up:
+                newest = max(present, default="")
+                wanted = sorted(set(wanted) | {snapshot_id for snapshot_id in available if snapshot_id > newest})
             for snapshot_id in wanted:
                 if snapshot_id in present:
                     results.append(CopiedSnapshot(snapshot_id=snapshot_id, already_present=True))
                     continue
                 results.append(_copy_one(source, target, source.load_snapshot(snapshot_id), target_lock))
-        warnings = tuple(source_lock.broken) + tuple(target_lock.broken)
+        warnings = _exposure_warning(source, target) + tuple(source_lock.broken) + tuple(target_lock.broken)
     return CopyReport(target=target.storage.location, snapshots=tuple(results), warnings=warnings)
+
+
+def _exposure_warning(source: Repository, target: Repository) -> tuple[str, ...]:
+    if source.keys is None or target.keys is not None:
+        return ()
+    return (f"the target {target.storage.location} is not encrypted: whoever can read it can read the copied snapshots (create an encrypted target with backup.copy --encrypt)",)
 
 
 def _copy_one(source: Repository, target: Repository, snapshot: Snapshot, lock: locking.Lock) -> CopiedSnapshot:
