@@ -28,9 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from invoke import Collection, Context, Exit, task
-from invoke.config import AmbiguousMergeError
-from invoke.exceptions import UnknownFileType
-from invoke.util import yaml
 
 from . import crypto, progress, render
 from .errors import BackupError, ConfigError, RepositoryLocked, RepositoryNotFound, RestoreRefused, UsageError, WrongPassphrase
@@ -41,7 +38,7 @@ from .prune import PruneOptions
 from .retention import RetentionPolicy
 from .operations import RestorePlan, clean_old_backups, create_backup, find_snapshot, restore_backup, verify_backup
 from .sample import DEFAULT_SIZE, create_sample_project
-from .settings import EXTERNAL_SECTIONS, Settings, config_defaults, settings_from_mapping, to_plain
+from .settings import EXTERNAL_SECTIONS, Settings, config_defaults, project_section, settings_from_mapping, to_plain
 from .transfer import copy_snapshots, import_archive
 from .unlocking import unlock_repository
 
@@ -157,40 +154,13 @@ def _snapshot_specs(values: Sequence[str] | None) -> list[str]:
 # -- settings -------------------------------------------------------------------------
 
 
-def _project_directory(config, root: str | None) -> Path:
-    if root is not None:
-        return Path(os.path.abspath(root))
-    loaded = getattr(config, "_project_prefix", None)  # where Invoke found tasks.py, if it did
-    return Path(os.path.abspath(loaded)) if loaded else Path.cwd()
-
-
-def _load_project_config(config, directory: Path) -> None:
-    """Make ``directory``'s invoke.yaml the project configuration (dbkeep, or --root elsewhere)."""
-    wanted = os.path.join(str(directory), "")
-    if getattr(config, "_project_prefix", None) == wanted:
-        return  # Invoke already loaded it
-    try:
-        config.set_project_location(str(directory))
-        config.load_project()
-    except AmbiguousMergeError as error:
-        raise ConfigError(f"invoke.yaml in {directory}: 'backup' must be a mapping of settings, and so must each of its sections") from error
-    except (yaml.YAMLError, ValueError, OSError, UnknownFileType) as error:  # ValueError: bad invoke.json
-        raise ConfigError(f"cannot read the project configuration (invoke.yaml) in {directory}: {render.one_line(str(error))}") from error
-
-
 def settings_for(c: Context, root: str | None, **overrides: Any) -> Settings:
     """Settings from Invoke's config for the project at ``root``, with flag ``overrides``.
 
     Raises UsageError when ``root`` is no directory and ConfigError naming the key,
     the value and what is allowed when the configuration is wrong.
     """
-    directory = _project_directory(c.config, root)
-    if not directory.is_dir():
-        raise UsageError(f"project root {directory} is not a directory")
-    _load_project_config(c.config, directory)
-    section = to_plain(c.config.get("backup", {}))
-    if not isinstance(section, dict):
-        raise ConfigError(f"the 'backup' configuration must be a mapping of settings, not {section!r}")
+    directory, section = project_section(c.config, root)
     values = dict(section)
     if root is not None:
         values["root"] = str(directory)

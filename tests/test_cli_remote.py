@@ -300,3 +300,24 @@ def test_import_of_a_hostile_archive_exits_2_with_one_line_and_imports_nothing(p
     before = tree_state(project)
     assert_expected_failure(dbkeep("backup.import", str(archive), cwd=project), 2, "'../escaped'", "not normalised")
     assert tree_state(project) == before and not (tmp_path / "escaped").exists()
+
+
+# -- maintenance.daily off-site ----------------------------------------------------------------------
+
+
+def test_daily_reads_the_projects_invoke_yaml_and_copies_the_new_snapshot_off_site(encrypted: Path, tmp_path: Path) -> None:
+    settings_file = encrypted / "invoke.yaml"
+    settings_file.write_text(settings_file.read_text() + "  maintenance:\n    offsite: ../offsite\n    offsite_encrypt: true\n")
+    result = dbkeep("maintenance.daily", "--json", cwd=encrypted, env={**PASSPHRASE, "DBKEEP_TARGET_PASSWORD": "off-site passphrase"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    steps = {step["name"]: step for step in report["steps"]}
+    assert list(steps) == ["create", "verify", "off-site copy", "retention + prune", "freshness"]
+    assert len(steps["create"]["details"]["files"]) == 3  # invoke.yaml's include reaches files/settings.json
+    # Both the snapshot made earlier and today's: an empty off-site repository is caught up.
+    assert len(steps["off-site copy"]["details"]["copied"]) == 2
+    offsite = tmp_path / "offsite-project"
+    offsite.mkdir()
+    (offsite / "invoke.yaml").write_text(f"backup:\n  repository: {tmp_path / 'offsite'}\n")
+    listing = parse_json(dbkeep("backup.list", "--json", cwd=offsite, env={"DBKEEP_PASSWORD": "off-site passphrase"}))
+    assert [item["id"] for item in listing["snapshots"]] == steps["off-site copy"]["details"]["copied"]
