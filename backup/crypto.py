@@ -6,7 +6,7 @@ minimums, key files (a random master secret wrapped by a key derived from a
 passphrase), the subkeys derived from the master secret, AES-256-GCM sealing of
 objects bound to their kind and name, and keyed chunk ids (HMAC-SHA256). Knows
 nothing of storage, packs, snapshots or databases: the repository decides what
-is sealed under which name. docs/remote-and-encryption.md has every byte.
+is sealed under which name. docs/format.md ("Encrypted repositories") has every byte.
 
 The AEAD primitive comes from ``cryptography`` (an optional extra,
 ``pip install dbkeep[encryption]``); this module never implements a cipher.

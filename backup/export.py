@@ -4,8 +4,12 @@ Owns: writing a snapshot as ``tar.gz``, ``tar.zst`` or a plain directory, laid o
 
     dbkeep-<snapshot-id>/           (the archive's top folder; a directory export is this folder)
       files/<path>                  every file of the snapshot, at its project-relative path
-      metadata.json                 the snapshot's manifest and what the export holds
+      metadata.json                 what the export holds (each file's path, size, sha256,
+                                    kind, mode, mtime) and the snapshot's manifest
       SHA256SUMS                    what ``sha256sum -c SHA256SUMS`` checks, run in that folder
+
+docs/format.md ("Export archives") specifies every field; ``backup.transfer``
+imports exactly this layout, so an export can always be imported again.
 
 Every file's bytes are verified while they are written (each chunk against its
 id, the whole file against its recorded SHA-256). Output appears under its final
@@ -53,6 +57,14 @@ class ExportedFile:
     path: str  # inside the export folder, e.g. "files/app.db"
     size: int
     sha256: str
+    #: What ``import`` needs to store the file again; None for metadata.json itself.
+    kind: str | None = None
+    mode: int | None = None
+    mtime: float | None = None
+
+
+def _exported(entry: FileEntry) -> ExportedFile:
+    return ExportedFile(path=_member_path(entry), size=entry.size, sha256=entry.sha256, kind=entry.kind, mode=entry.mode, mtime=entry.mtime)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -131,7 +143,9 @@ def _metadata(snapshot: Snapshot, files: list[ExportedFile], moment: datetime) -
         "format": "dbkeep-export",
         "exported_at": moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z"),
         "tool_version": TOOL_VERSION,
-        "files": [{"path": item.path, "size": item.size, "sha256": item.sha256} for item in files],
+        "files": [
+            {"path": item.path, "size": item.size, "sha256": item.sha256, "kind": item.kind, "mode": item.mode, "mtime": item.mtime} for item in files
+        ],
         "snapshot": snapshot.to_body(),
     }
     return json.dumps(document, indent=1, ensure_ascii=False, allow_nan=False).encode() + b"\n"
@@ -248,7 +262,7 @@ def _write_tar(repository: Repository, snapshot: Snapshot, fileobj, mode: str, f
             reader = _ChunkReader(entry, verified_chunks(repository, entry))
             archive.addfile(_tar_info(f"{folder}/{_member_path(entry)}", entry.size, entry.mode, entry.mtime), reader)
             reader.finish()
-            files.append(ExportedFile(path=_member_path(entry), size=entry.size, sha256=entry.sha256))
+            files.append(_exported(entry))
         metadata = _metadata(snapshot, files, moment)
         files.append(ExportedFile(path="metadata.json", size=len(metadata), sha256=_digest(metadata)))
         sums = _sums(files)
@@ -283,7 +297,7 @@ def _export_directory(repository: Repository, snapshot: Snapshot, output: Path, 
         total = 0
         for entry in snapshot.files:
             total += _write_private_file(partial / _member_path(entry), verified_chunks(repository, entry))
-            files.append(ExportedFile(path=_member_path(entry), size=entry.size, sha256=entry.sha256))
+            files.append(_exported(entry))
         metadata = _metadata(snapshot, files, moment)
         total += _write_private_file(partial / "metadata.json", [metadata])
         files.append(ExportedFile(path="metadata.json", size=len(metadata), sha256=_digest(metadata)))

@@ -554,6 +554,68 @@ def sample_table(report) -> str:
     return f"sample project {report.root} {state}\n\n" + table(rows, ["file", "size"])
 
 
+# -- repositories, keys, copy, import -----------------------------------------------
+
+
+def init_json(repository) -> dict[str, Any]:
+    config = repository.config
+    return {
+        "repository": repository.storage.location,
+        "id": config.id,
+        "encryption": config.encryption,
+        "chunk_size": config.chunk_size,
+        "compression": config.compression,
+        "compression_level": config.compression_level,
+        "key": repository.keys.key_id if repository.keys is not None else None,
+    }
+
+
+def init_table(repository) -> str:
+    document = init_json(repository)
+    pairs = [
+        ("repository", document["repository"]),
+        ("id", document["id"]),
+        ("encryption", document["encryption"]),
+        ("chunk size", human_size(document["chunk_size"])),
+        ("compression", f"{document['compression']} (level {document['compression_level']})"),
+    ]
+    text = "created repository\n\n" + fields(pairs + ([("key", document["key"])] if document["key"] else []))
+    if document["key"]:
+        text += "\n\nkeep the passphrase safe: without it (or another key) the snapshots cannot be read; add a second with backup.key-add"
+    return text
+
+
+def key_table(keys, headline: str = "") -> str:
+    rows = [(key.id, key.created, f"{key.user}@{key.host}", key.scrypt, "yes" if key.current else "") for key in keys]
+    text = table(rows, ["key", "created", "by", "scrypt", "in use"])
+    return f"{headline}\n\n{text}" if headline else text
+
+
+def copy_table(report) -> str:
+    rows = [
+        (
+            item.snapshot_id,
+            "already there" if item.already_present else "copied",
+            "-" if item.already_present else item.chunks_sent,
+            "-" if item.already_present else item.chunks_reused,
+            "-" if item.already_present else human_size(item.bytes_sent),
+        )
+        for item in report.snapshots
+    ]
+    copied = sum(1 for item in report.snapshots if not item.already_present)
+    headline = f"copied {copied} of {len(report.snapshots)} snapshot(s) to {report.target}, each verified there before it was published"
+    return headline + "\n\n" + table(rows, ["snapshot", "result", "chunks sent", "chunks reused", "bytes sent"])
+
+
+def import_table(report) -> str:
+    origin = f" (exported snapshot {report.source_snapshot_id})" if report.source_snapshot_id else ""
+    return f"imported {len(report.files)} file(s){origin}\n\n" + backup_table(report.backup)
+
+
+def import_json(report) -> dict[str, Any]:
+    return {**backup_json(report.backup), "source_snapshot_id": report.source_snapshot_id, "imported_files": list(report.files)}
+
+
 # -- progress -------------------------------------------------------------------------
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, UsageError
 from .sources.selection import DEFAULT_INCLUDE
 from .sources.server import DatabaseConfig, parse_database_entry
 
@@ -244,6 +244,41 @@ def load_settings(root: Path | None = None, **overrides: Any) -> Settings:
     values = to_plain(section)
     values.update({key: value for key, value in overrides.items() if value is not None})
     return settings_from_mapping(values, root=project_root, ignore=frozenset(EXTERNAL_SECTIONS))
+
+
+def project_section(config: Any, root: str | os.PathLike[str] | None = None) -> tuple[Path, dict[str, Any]]:
+    """The project directory and its ``backup`` section as plain data, from an Invoke ``Config``.
+
+    The directory is ``root``, else where Invoke found tasks.py, else the current
+    directory. Its invoke.yaml is loaded into ``config`` first: the ``dbkeep``
+    program has no tasks.py to find, so Invoke loads no project file by itself.
+    Raises UsageError when the directory does not exist, ConfigError when the
+    file cannot be read or ``backup`` is not a mapping.
+    """
+    from invoke.config import AmbiguousMergeError
+    from invoke.exceptions import UnknownFileType
+    from invoke.util import yaml
+
+    loaded = getattr(config, "_project_prefix", None)  # where Invoke found tasks.py, if it did
+    if root is not None:
+        directory = Path(os.path.abspath(root))
+    else:
+        directory = Path(os.path.abspath(loaded)) if loaded else Path.cwd()
+    if not directory.is_dir():
+        raise UsageError(f"project root {directory} is not a directory")
+    if loaded != os.path.join(str(directory), ""):
+        try:
+            config.set_project_location(str(directory))
+            config.load_project()
+        except AmbiguousMergeError as error:
+            raise ConfigError(f"invoke.yaml in {directory}: 'backup' must be a mapping of settings, and so must each of its sections") from error
+        except (yaml.YAMLError, ValueError, OSError, UnknownFileType) as error:  # ValueError: bad invoke.json
+            detail = " ".join(str(error).split())
+            raise ConfigError(f"cannot read the project configuration (invoke.yaml) in {directory}: {detail}") from error
+    section = to_plain(config.get("backup", {}))
+    if not isinstance(section, dict):
+        raise ConfigError(f"the 'backup' configuration must be a mapping of settings, not {section!r}")
+    return directory, section
 
 
 #: Sub-sections of ``backup:`` owned by other parts of dbkeep (routines, notifications).

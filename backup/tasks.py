@@ -6,7 +6,12 @@ calling exactly one library function per task, rendering its report (tables, or
 one JSON document with ``--json``), progress on a terminal, the restore
 confirmation, and mapping the exception tree to exit codes:
 
-    0 success   1 an operation or check failed   2 bad usage, bad config, refused   3 locked
+    0 success   1 an operation or check failed   2 bad usage, bad config, refused
+    3 locked    4 wrong passphrase
+
+Passphrases never come from flags: from the environment (``DBKEEP_PASSWORD``,
+``DBKEEP_NEW_PASSWORD``, ``DBKEEP_TARGET_PASSWORD``, each also ``_FILE`` and
+``_COMMAND``), and for a new passphrase, when none is set, asked twice on a terminal.
 
 Only ``BackupError`` is caught: anything else is a bug and keeps its traceback.
 Holds no backup logic; ``maintenance`` and the root ``tasks.py`` build on it.
@@ -15,6 +20,7 @@ Holds no backup logic; ``maintenance`` and the root ``tasks.py`` build on it.
 from __future__ import annotations
 
 import contextlib
+import getpass
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -22,19 +28,18 @@ from pathlib import Path
 from typing import Any
 
 from invoke import Collection, Context, Exit, task
-from invoke.config import AmbiguousMergeError
-from invoke.exceptions import UnknownFileType
-from invoke.util import yaml
 
-from . import progress, render
+from . import crypto, progress, render
 from .errors import BackupError, ConfigError, RepositoryLocked, RepositoryNotFound, RestoreRefused, UsageError, WrongPassphrase
 from .export import FORMATS, export_snapshot
 from .inspection import DEFAULT_LOSS_THRESHOLD, compare_snapshot, list_snapshots, repository_size
+from .keys import add_key, change_passphrase, init_repository, list_keys, new_passphrase_from_environment, remove_key
 from .prune import PruneOptions
 from .retention import RetentionPolicy
 from .operations import RestorePlan, clean_old_backups, create_backup, find_snapshot, restore_backup, verify_backup
 from .sample import DEFAULT_SIZE, create_sample_project
-from .settings import EXTERNAL_SECTIONS, Settings, config_defaults, settings_from_mapping, to_plain
+from .settings import EXTERNAL_SECTIONS, Settings, config_defaults, project_section, settings_from_mapping, to_plain
+from .transfer import copy_snapshots, import_archive
 from .unlocking import unlock_repository
 from .report_task import report
 
@@ -122,28 +127,32 @@ def _ask(question: str, stream) -> bool:
     return answer.strip().lower() in ("y", "yes")
 
 
+def _ask_new_passphrase(what: str) -> str | None:
+    """A new passphrase typed twice on the terminal (not echoed); None without a terminal."""
+    if not _interactive():
+        return None
+    # The prompt goes to the terminal itself (stderr only when there is none), never to stdout.
+    first = getpass.getpass(f"{what}: ")
+    if first and getpass.getpass(f"{what} again: ") != first:
+        raise UsageError("the two passphrases typed differ; nothing was changed")
+    return first
+
+
+def _new_repository_passphrase() -> str | None:
+    return crypto.passphrase_from_environment() or _ask_new_passphrase("passphrase for the new repository")
+
+
+def _new_key_passphrase() -> str | None:
+    return new_passphrase_from_environment() or _ask_new_passphrase("new passphrase")
+
+
+def _snapshot_specs(values: Sequence[str] | None) -> list[str]:
+    """``--snapshot`` values, each possibly comma-separated; ``latest`` when none is given."""
+    specs = [part.strip() for value in values or () for part in value.split(",") if part.strip()]
+    return specs or ["latest"]
+
+
 # -- settings -------------------------------------------------------------------------
-
-
-def _project_directory(config, root: str | None) -> Path:
-    if root is not None:
-        return Path(os.path.abspath(root))
-    loaded = getattr(config, "_project_prefix", None)  # where Invoke found tasks.py, if it did
-    return Path(os.path.abspath(loaded)) if loaded else Path.cwd()
-
-
-def _load_project_config(config, directory: Path) -> None:
-    """Make ``directory``'s invoke.yaml the project configuration (dbkeep, or --root elsewhere)."""
-    wanted = os.path.join(str(directory), "")
-    if getattr(config, "_project_prefix", None) == wanted:
-        return  # Invoke already loaded it
-    try:
-        config.set_project_location(str(directory))
-        config.load_project()
-    except AmbiguousMergeError as error:
-        raise ConfigError(f"invoke.yaml in {directory}: 'backup' must be a mapping of settings, and so must each of its sections") from error
-    except (yaml.YAMLError, ValueError, OSError, UnknownFileType) as error:  # ValueError: bad invoke.json
-        raise ConfigError(f"cannot read the project configuration (invoke.yaml) in {directory}: {render.one_line(str(error))}") from error
 
 
 def settings_for(c: Context, root: str | None, **overrides: Any) -> Settings:
@@ -152,13 +161,7 @@ def settings_for(c: Context, root: str | None, **overrides: Any) -> Settings:
     Raises UsageError when ``root`` is no directory and ConfigError naming the key,
     the value and what is allowed when the configuration is wrong.
     """
-    directory = _project_directory(c.config, root)
-    if not directory.is_dir():
-        raise UsageError(f"project root {directory} is not a directory")
-    _load_project_config(c.config, directory)
-    section = to_plain(c.config.get("backup", {}))
-    if not isinstance(section, dict):
-        raise ConfigError(f"the 'backup' configuration must be a mapping of settings, not {section!r}")
+    directory, section = project_section(c.config, root)
     values = dict(section)
     if root is not None:
         values["root"] = str(directory)
@@ -467,10 +470,125 @@ def sample(c, path="sample", size_mb=None, json=False):
         _emit("sample", json, lambda: render.sample_table(report), lambda: render.jsonable(report))
 
 
+@task(
+    auto_shortflags=False,
+    help={
+        "encrypt": "encrypt the repository (AES-256-GCM); the passphrase comes from DBKEEP_PASSWORD, DBKEEP_PASSWORD_FILE or "
+        "DBKEEP_PASSWORD_COMMAND, or is asked for twice on a terminal; also implied by backup.encryption: aes-256-gcm",
+        "root": ROOT_HELP,
+        "json": JSON_HELP,
+    },
+)
+def init(c, encrypt=False, root=None, json=False):
+    """Create the repository, encrypted with --encrypt."""
+    with _reporting_errors("backup.init", json):
+        settings = settings_for(c, root, encryption=crypto.CIPHER if encrypt else None)
+        passphrase = _new_repository_passphrase if settings.encryption != "none" else None
+        repository = init_repository(settings, passphrase=passphrase)
+        _emit("backup.init", json, lambda: render.init_table(repository), lambda: render.init_json(repository))
+
+
+@task(
+    name="key-add",
+    auto_shortflags=False,
+    help={
+        "root": ROOT_HELP + "; the new passphrase comes from DBKEEP_NEW_PASSWORD (_FILE, _COMMAND) or is asked for twice",
+        "json": JSON_HELP,
+    },
+)
+def key_add(c, root=None, json=False):
+    """Add a passphrase to an encrypted repository."""
+    with _reporting_errors("backup.key-add", json):
+        added = add_key(settings_for(c, root), _new_key_passphrase)
+        _emit("backup.key-add", json, lambda: render.key_table([added], f"added key {added.id}"), lambda: {"key": render.jsonable(added)})
+
+
+@task(name="key-list", auto_shortflags=False, help={"root": ROOT_HELP, "json": JSON_HELP})
+def key_list(c, root=None, json=False):
+    """List the passphrase keys of an encrypted repository."""
+    with _reporting_errors("backup.key-list", json):
+        found = list_keys(settings_for(c, root))
+        _emit("backup.key-list", json, lambda: render.key_table(found), lambda: {"keys": render.jsonable(found)})
+
+
+@task(
+    name="key-remove",
+    auto_shortflags=False,
+    help={"key_id": "id (or unique prefix) of the key to remove, from backup.key-list", "root": ROOT_HELP, "json": JSON_HELP},
+)
+def key_remove(c, key_id, root=None, json=False):
+    """Remove another passphrase's key."""
+    with _reporting_errors("backup.key-remove", json):
+        removed = remove_key(settings_for(c, root), key_id)
+        _emit("backup.key-remove", json, lambda: f"removed key {removed}", lambda: {"removed": removed})
+
+
+@task(
+    name="key-passwd",
+    auto_shortflags=False,
+    help={
+        "root": ROOT_HELP + "; the new passphrase comes from DBKEEP_NEW_PASSWORD (_FILE, _COMMAND) or is asked for twice",
+        "json": JSON_HELP,
+    },
+)
+def key_passwd(c, root=None, json=False):
+    """Change the passphrase that opens the repository."""
+    with _reporting_errors("backup.key-passwd", json):
+        changed = change_passphrase(settings_for(c, root), _new_key_passphrase)
+        _emit("backup.key-passwd", json, lambda: render.key_table([changed], f"passphrase changed: new key {changed.id}"), lambda: {"key": render.jsonable(changed)})
+
+
+@task(
+    name="copy",
+    auto_shortflags=False,
+    iterable=["snapshot"],
+    help={
+        "snapshot": SNAPSHOT_HELP + "; repeat or separate with commas for several (default: latest)",
+        "to": "the other repository: a directory or s3://bucket/prefix; created with this one's chunking if absent",
+        "encrypt": "create the target encrypted if it does not exist yet "
+        "(passphrase from DBKEEP_TARGET_PASSWORD, _FILE or _COMMAND, else the source's DBKEEP_PASSWORD...)",
+        "root": ROOT_HELP,
+        "json": JSON_HELP,
+    },
+)
+def copy_(c, snapshot=None, to=None, encrypt=False, root=None, json=False):
+    """Copy snapshots to another repository (off-site)."""
+    with _reporting_errors("backup.copy", json):
+        if not to:
+            raise UsageError("backup.copy needs --to LOCATION: a directory or s3://bucket/prefix")
+        settings = settings_for(c, root)
+        target = to if to.startswith("s3://") else Path(os.path.abspath(to))
+        with _progress(json):
+            report = copy_snapshots(settings, _snapshot_specs(snapshot), target, encrypt_target=encrypt)
+        for warning in report.warnings:
+            _note(f"note: {warning}")
+        _emit("backup.copy", json, lambda: render.copy_table(report), lambda: render.jsonable(report))
+
+
+@task(
+    name="import",
+    auto_shortflags=False,
+    help={
+        "archive": "an archive written by backup.export (.tar.gz, .tar.zst, .tar) or its unpacked folder",
+        "root": ROOT_HELP,
+        "json": JSON_HELP,
+    },
+)
+def import_(c, archive, root=None, json=False):
+    """Import an exported archive as a new snapshot."""
+    with _reporting_errors("backup.import", json):
+        settings = settings_for(c, root)
+        with _progress(json):
+            report = import_archive(settings, Path(archive))
+        for warning in report.backup.warnings:
+            _note(f"note: {warning}")
+        _emit("backup.import", json, lambda: render.import_table(report), lambda: render.import_json(report))
+
+
 def build_collection() -> Collection:
     """The ``backup`` collection with its configuration defaults."""
     collection = Collection("backup")
-    for each in (create, restore, list_, verify, compare, info, size, clean, export_, unlock, report):
+    for each in (init, create, restore, list_, verify, compare, info, size, clean, export_, unlock, key_add, key_list, key_remove, key_passwd, copy_, import_, report):
         collection.add_task(each)
     collection.configure({"backup": config_defaults()})
     return collection

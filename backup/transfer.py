@@ -10,11 +10,15 @@ An archive is hostile until proven otherwise. It is never unpacked with
 name, size and count bounds, no duplicates) and written by this module into a
 private directory, hashed while it is written, and checked against
 ``SHA256SUMS`` and ``metadata.json`` before anything reaches the repository.
-The accepted layout (docs/remote-and-encryption.md):
+The accepted layout is exactly what ``backup.export`` writes (docs/format.md,
+"Export archives"):
 
-    metadata.json        what was exported: snapshot id/time/tag and each file's
-                         path, kind, size, mode, mtime and sha256
+    metadata.json        "format": "dbkeep-export", "schema_version": 1, and
+                         "files": each exported file's path ("files/<path>"),
+                         size, sha256, kind, mode and mtime; "snapshot": the
+                         exported manifest (only its id is used)
     SHA256SUMS           "<sha256>  <member name>" for every member under files/
+                         (and for metadata.json)
     files/<path>         the bytes of each file, at its project-relative path
 
 optionally all below one top-level folder, as a ``.tar``, ``.tar.gz`` or
@@ -108,9 +112,14 @@ def copy_snapshots(
     *,
     encrypt_target: bool = False,
     target_passphrase: Callable[[], str | None] = target_passphrase_from_environment,
+    catch_up: bool = False,
     now: datetime | None = None,
 ) -> CopyReport:
     """Copy snapshots (ids, prefixes, ``latest`` or points in time) into another repository.
+
+    With ``catch_up``, every source snapshot newer than the target's newest one
+    is copied too (all of them into an empty target), so a copy missed by an
+    earlier run is made now while snapshots pruned from the target never return.
 
     Sends only chunks the target lacks; re-reads every copied file from the
     target and checks its SHA-256 before the manifest is published there, so a
@@ -131,13 +140,22 @@ def copy_snapshots(
         results: list[CopiedSnapshot] = []
         with locking.acquire(target.storage, exclusive=True, purpose="copy (target)", wait=source_settings.lock_wait) as target_lock:
             present = set(target.snapshot_ids())
+            if catch_up:
+                newest = max(present, default="")
+                wanted = sorted(set(wanted) | {snapshot_id for snapshot_id in available if snapshot_id > newest})
             for snapshot_id in wanted:
                 if snapshot_id in present:
                     results.append(CopiedSnapshot(snapshot_id=snapshot_id, already_present=True))
                     continue
                 results.append(_copy_one(source, target, source.load_snapshot(snapshot_id), target_lock))
-        warnings = tuple(source_lock.broken) + tuple(target_lock.broken)
+        warnings = _exposure_warning(source, target) + tuple(source_lock.broken) + tuple(target_lock.broken)
     return CopyReport(target=target.storage.location, snapshots=tuple(results), warnings=warnings)
+
+
+def _exposure_warning(source: Repository, target: Repository) -> tuple[str, ...]:
+    if source.keys is None or target.keys is not None:
+        return ()
+    return (f"the target {target.storage.location} is not encrypted: whoever can read it can read the copied snapshots (create an encrypted target with backup.copy --encrypt)",)
 
 
 def _copy_one(source: Repository, target: Repository, snapshot: Snapshot, lock: locking.Lock) -> CopiedSnapshot:
@@ -214,6 +232,8 @@ class ImportReport:
 
 ARCHIVE_FORMAT = "dbkeep-export"
 ARCHIVE_VERSION = 1
+#: Kinds an archive may record; database-server dumps come back as plain files.
+IMPORTED_KINDS = {"sqlite": "sqlite", "file": "file", "postgres": "file", "mysql": "file"}
 METADATA_NAME = "metadata.json"
 SUMS_NAME = "SHA256SUMS"
 FILES_PREFIX = "files/"
@@ -253,7 +273,7 @@ def import_archive(settings: Settings, archive_path: Path, *, limits: ImportLimi
         note = f"imported from {archive_path.name}" + (f" (snapshot {metadata.get('snapshot_id')})" if metadata.get("snapshot_id") else "")
         with locking.acquire(repository.storage, exclusive=True, purpose="import", wait=settings.lock_wait) as lock:
             snapshot = _create_locked(repository, lock, settings, selected, root=settings.root, tag="import", note=note, now=now)
-            warnings = tuple(lock.broken)
+            warnings = _dump_warnings(files) + tuple(lock.broken)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return ImportReport(
@@ -440,15 +460,23 @@ def _check_staged(staged: _Staged, staging: Path, limits: ImportLimits) -> tuple
         with open(staging / name, "rb") as handle:
             is_sqlite = handle.read(len(SQLITE_HEADER)) == SQLITE_HEADER
         if claims_sqlite != is_sqlite:
-            raise ImportRefused(f"{name!r} is recorded as {item['kind']} but its content says otherwise")
+            raise ImportRefused(f"{name!r} is recorded as {item['recorded_kind']} but its content says otherwise")
     return metadata, files
+
+
+def _dump_warnings(files: list[dict[str, Any]]) -> tuple[str, ...]:
+    return tuple(
+        f"{item['path']} was a {item['recorded_kind']} dump; it was imported as a plain file (load it into a server with that server's own tools)"
+        for item in files
+        if item["recorded_kind"] != item["kind"]
+    )
 
 
 def _parse_metadata(data: bytes) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     try:
         body = json.loads(data.decode("utf-8"))
-        if not isinstance(body, dict) or body.get("format") != ARCHIVE_FORMAT or body.get("version") != ARCHIVE_VERSION:
-            raise ValueError(f"not a {ARCHIVE_FORMAT} version {ARCHIVE_VERSION} document")
+        if not isinstance(body, dict) or body.get("format") != ARCHIVE_FORMAT or body.get("schema_version") != ARCHIVE_VERSION:
+            raise ValueError(f"not a {ARCHIVE_FORMAT} document of schema_version {ARCHIVE_VERSION}")
         files = body["files"]
         if not isinstance(files, list):
             raise ValueError("'files' is not a list")
@@ -473,14 +501,18 @@ def _file_record(item: Any) -> dict[str, Any]:
     if isinstance(mtime, bool) or not isinstance(mtime, (int, float)) or not 0 <= mtime < 2**40:
         raise ValueError("mtime must be a number of seconds")
     kind = item.get("kind")
-    if kind not in ("sqlite", "file"):
+    if not isinstance(kind, str) or kind not in IMPORTED_KINDS:
         raise ValueError(f"unknown kind {str(kind)[:20]!r}")
     digest = item.get("sha256")
     if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
         raise ValueError("sha256 must be 64 lowercase hex characters")
+    member = item.get("path")
+    if not isinstance(member, str) or not member.startswith(FILES_PREFIX):
+        raise ValueError(f"file path {str(member)[:80]!r} does not start with {FILES_PREFIX!r}")
     return {
-        "path": check_relative_path(item.get("path")),
-        "kind": kind,
+        "path": check_relative_path(member[len(FILES_PREFIX) :]),
+        "kind": IMPORTED_KINDS[kind],
+        "recorded_kind": kind,
         "size": numbers["size"],
         "mode": numbers["mode"] & 0o777,  # never set-id or sticky bits from an archive
         "mtime": float(mtime),

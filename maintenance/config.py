@@ -8,7 +8,8 @@ sections that settings reserves for the routines.
     backup:
       retention: {keep_daily: 7, keep_weekly: 5, keep_monthly: 12, timezone: Europe/Berlin}
       maintenance: {verify_weeks: 4, alert_after_hours: 36, exports: .backup-exports,
-                    export_max_age_days: 30, repack_below: 0.5, grace_minutes: 60}
+                    export_max_age_days: 30, repack_below: 0.5, grace_minutes: 60,
+                    offsite: s3://acme-backups/shop, offsite_encrypt: true}
       notify:
         webhook: https://hc-ping.com/<uuid>        # start / success / fail pings
         command: "logger -t dbkeep"                # gets the JSON report on stdin
@@ -49,6 +50,11 @@ class MaintenanceSettings:
     #: A lock whose heartbeat is older than this, and whose owner is not provably dead, is reported.
     stale_lock_after: timedelta = timedelta(hours=1)
     log_tail_lines: int = 50
+    #: A second repository (directory, relative to the project root, or s3://) that
+    #: daily copies each new snapshot to; None: no off-site copy.
+    offsite: str | None = None
+    #: Create the off-site repository encrypted if it does not exist yet.
+    offsite_encrypt: bool = False
 
     @property
     def prune_options(self) -> PruneOptions:
@@ -97,6 +103,18 @@ class RoutineConfig:
     def exports_directory(self) -> Path:
         path = Path(self.maintenance.exports)
         return path if path.is_absolute() else self.settings.root / path
+
+    @property
+    def offsite_location(self) -> Path | str | None:
+        """Where daily copies new snapshots: an s3:// location, or an absolute directory."""
+        return _offsite_location(self.maintenance.offsite, self.settings.root)
+
+
+def _offsite_location(offsite: str | None, root: Path) -> Path | str | None:
+    if offsite is None or offsite.startswith("s3://"):
+        return offsite
+    path = Path(offsite).expanduser()
+    return Path(os.path.abspath(path if path.is_absolute() else root / path))
 
 
 # -- parsers -------------------------------------------------------------------------
@@ -159,6 +177,18 @@ def _strings(value: Any) -> tuple[str, ...]:
     return tuple(items)
 
 
+def _location(value: Any) -> str:
+    text = _text(value)
+    if text.startswith("s3://"):
+        from backup.s3storage import parse_s3_location
+
+        try:
+            parse_s3_location(text)
+        except ConfigError as error:
+            raise ValueError(f"an s3://bucket/prefix location or a directory ({error})") from None
+    return text
+
+
 def _events(value: Any) -> tuple[str, ...]:
     events = _strings(value)
     if not set(events) <= set(EVENTS):
@@ -176,6 +206,8 @@ _MAINTENANCE: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "grace_minutes": ("grace", _span("minutes")),
     "stale_lock_after_minutes": ("stale_lock_after", _span("minutes")),
     "log_tail_lines": ("log_tail_lines", _positive_int),
+    "offsite": ("offsite", _location),
+    "offsite_encrypt": ("offsite_encrypt", _boolean),
 }
 
 _NOTIFY: dict[str, tuple[str, Callable[[Any], Any]]] = {
@@ -243,6 +275,8 @@ def routine_config_from_mapping(section: Mapping[str, Any], *, root: Path | None
             problems.append(f"backup.notify.email needs {', '.join(missing)}")
         else:
             notify["email"] = EmailSettings(**email)
+    if settings is not None and _offsite_location(maintenance.get("offsite"), settings.root) == settings.repository:
+        problems.append("backup.maintenance.offsite names the repository itself; name a second repository (another disk or s3://...)")
     if problems:
         raise ConfigError("; ".join(problems))
     assert settings is not None and retention is not None

@@ -6,7 +6,8 @@ alert is raised. Composes ``backup``'s operations; never prints, never touches
 repository files except through them and the ledger.
 
 - daily:   create (tag ``daily``) -> read-data verify of the new snapshot ->
-           retention + prune -> report (freshness alert)
+           off-site copy (when ``offsite`` is set) -> retention + prune ->
+           report (freshness alert)
 - weekly:  rotating read-data verification (every retained snapshot and pack
            re-read at least once every ``verify_weeks`` weeks) -> storage report
            -> lock report -> freshness
@@ -35,6 +36,7 @@ from backup.report import write_report
 from backup.operations import clean_old_backups, create_backup, list_backups, open_repository, restore_backup, verify_selected
 from backup.retention import PolicyRefused, apply_policy, oldest_restorable
 from backup.sources import check_sqlite_copy
+from backup.transfer import copy_snapshots
 from backup.verification import VerifyReport
 
 from .config import RoutineConfig
@@ -201,12 +203,36 @@ def run_daily(config: RoutineConfig, *, now: datetime | None = None) -> RoutineR
         )
         return (f"{summary}; {report.held}" if report.held else summary), details
 
+    def offsite() -> tuple[str, dict[str, Any]]:
+        snapshot: Snapshot = state["snapshot"]
+        target = config.offsite_location
+        assert target is not None
+        report = copy_snapshots(config.settings, [snapshot.id], target, encrypt_target=config.maintenance.offsite_encrypt, catch_up=True, now=moment)
+        copied = [item for item in report.snapshots if not item.already_present]
+        details = {
+            "target": report.target,
+            "copied": [item.snapshot_id for item in copied],
+            "chunks_sent": sum(item.chunks_sent for item in copied),
+            "bytes_sent": sum(item.bytes_sent for item in copied),
+            "warnings": list(report.warnings),
+        }
+        summary = (
+            f"copied {len(copied)} snapshot(s) to {report.target}, verified there: "
+            f"{details['chunks_sent']} chunk(s), {human_bytes(details['bytes_sent'])} sent"
+        )
+        return (f"{summary}; {'; '.join(report.warnings)}" if report.warnings else summary), details
+
     created = runner.run("create", create)
     verified = False
     if created:
         verified = runner.run("verify", verify)
     else:
         runner.skip("verify", "no new snapshot to verify")
+    if config.offsite_location is not None:
+        if created and verified:
+            runner.run("off-site copy", offsite)
+        else:
+            runner.skip("off-site copy", "skipped: only a new snapshot that passed verification is copied off-site")
     if created and verified:
         runner.run("retention + prune", retention)
     else:

@@ -20,13 +20,12 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
-from pathlib import Path
 
 from invoke import Collection, Exit, task
 from tabulate import tabulate
 
-from backup.errors import ConfigError
-from backup.settings import config_defaults, to_plain
+from backup.errors import ConfigError, UsageError
+from backup.settings import config_defaults, project_section
 
 from .config import RoutineConfig, routine_config_from_mapping
 from .notify import Delivery, notify
@@ -35,10 +34,14 @@ from .routines import run_daily, run_monthly, run_weekly
 
 
 def _config(c) -> RoutineConfig:
-    section = to_plain(c.config.get("backup", None) or config_defaults())
+    """The routine configuration of the project Invoke runs in (its invoke.yaml included)."""
     try:
-        return routine_config_from_mapping(section, root=Path(section.get("root") or Path.cwd()))
-    except ConfigError as error:
+        directory, section = project_section(c.config)
+        root = section.get("root")
+        if isinstance(root, str) and root and not os.path.isabs(root):
+            section["root"] = str(directory / root)
+        return routine_config_from_mapping(section or config_defaults(), root=directory)
+    except (ConfigError, UsageError) as error:
         raise Exit(f"dbkeep: {error}", 2) from error
 
 

@@ -518,7 +518,31 @@ def test_export_refuses_an_existing_output_and_leaves_it_alone(shared: Path, tmp
 
 # -- listing, help, entry points ------------------------------------------------------
 
-TASKS = ("backup.clean", "backup.compare", "backup.create", "backup.export", "backup.info", "backup.list", "backup.report", "backup.restore", "backup.size", "backup.unlock", "backup.verify", "maintenance.daily", "maintenance.monthly", "maintenance.weekly", "sample", "selftest")
+TASKS = (
+    "backup.clean",
+    "backup.compare",
+    "backup.copy",
+    "backup.create",
+    "backup.export",
+    "backup.import",
+    "backup.info",
+    "backup.init",
+    "backup.key-add",
+    "backup.key-list",
+    "backup.key-passwd",
+    "backup.key-remove",
+    "backup.list",
+    "backup.report",
+    "backup.restore",
+    "backup.size",
+    "backup.unlock",
+    "backup.verify",
+    "maintenance.daily",
+    "maintenance.monthly",
+    "maintenance.weekly",
+    "sample",
+    "selftest",
+)
 
 
 @pytest.mark.parametrize("runner", ["invoke", "dbkeep"])

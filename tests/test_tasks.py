@@ -12,11 +12,31 @@ from invoke import Config, Context
 
 import tasks as root_tasks
 from backup import errors, render
+from backup.transfer import ImportRefused
 from backup import tasks as backup_tasks
 from maintenance.program import build_namespace
 from backup.settings import DEFAULT_INCLUDE, config_defaults
 
-BACKUP_TASKS = {"clean", "compare", "create", "export", "info", "list", "report", "restore", "size", "unlock", "verify"}
+BACKUP_TASKS = {
+    "clean",
+    "compare",
+    "copy",
+    "create",
+    "export",
+    "import",
+    "info",
+    "init",
+    "key-add",
+    "key-list",
+    "key-passwd",
+    "key-remove",
+    "list",
+    "report",
+    "restore",
+    "size",
+    "unlock",
+    "verify",
+}
 
 
 def _parameters(task) -> list[str]:
@@ -60,6 +80,10 @@ def test_issue_flags_are_all_present() -> None:
         "clean": {"keep", "dry-run"},
         "export": {"snapshot", "out", "format"},
         "unlock": {"all", "force"},
+        "init": {"encrypt"},
+        "key-remove": {"key-id"},
+        "copy": {"snapshot", "to", "encrypt"},
+        "import": {"archive"},
     }
     for name, flags in expected.items():
         names = {flag for argument in backup_tasks.namespace[name].get_arguments() for flag in argument.names}
@@ -69,6 +93,7 @@ def test_issue_flags_are_all_present() -> None:
 @pytest.mark.parametrize(
     ("error", "code"),
     [
+        (errors.WrongPassphrase("x"), 4),
         (errors.RepositoryLocked("x"), 3),
         (errors.ConfigError("x"), 2),
         (errors.UsageError("x"), 2),
@@ -81,6 +106,8 @@ def test_issue_flags_are_all_present() -> None:
         (errors.StorageError("x"), 1),
         (errors.NoSpace("x"), 1),
         (errors.SourceError("x"), 1),
+        (errors.AuthenticationFailed("x"), 1),
+        (ImportRefused("x"), 2),
         (errors.LockLost("x"), 1),
         (errors.BackupError("x"), 1),
     ],

@@ -295,6 +295,39 @@ def test_removing_the_current_or_the_last_key_is_refused(settings, backed_up, mo
         list_backups(settings)
 
 
+def test_new_passphrase_is_asked_for_only_after_the_present_one_opened_the_repository(settings, backed_up, monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[str] = []
+    monkeypatch.setenv("DBKEEP_PASSWORD", "wrong")
+    with pytest.raises(WrongPassphrase):
+        keys.add_key(settings, lambda: asked.append("asked") or "never used")
+    assert asked == []
+    monkeypatch.setenv("DBKEEP_PASSWORD", PASSPHRASE)
+    monkeypatch.setenv("DBKEEP_NEW_PASSWORD", "from the environment")
+    added = keys.add_key(settings)
+    monkeypatch.delenv("DBKEEP_NEW_PASSWORD")
+    with pytest.raises(ConfigError, match="DBKEEP_NEW_PASSWORD"):
+        keys.change_passphrase(settings, lambda: None)
+    monkeypatch.setenv("DBKEEP_PASSWORD", "from the environment")
+    assert open_repository(settings).keys.key_id == added.id
+
+
+def test_key_is_removed_by_a_unique_prefix_and_an_ambiguous_one_is_refused(settings, backed_up, monkeypatch: pytest.MonkeyPatch) -> None:
+    current = open_repository(settings).keys.key_id
+    added = keys.add_key(settings, "other")
+    ids = [current, added.id]
+    while len({key_id[0] for key_id in ids}) == len(ids):  # at most 17 keys until two share a first digit
+        ids.append(keys.add_key(settings, "more", kdf=crypto.KdfParams.fresh(n=crypto.MIN_N)).id)
+    shared = next(key_id[0] for key_id in ids if sum(other[0] == key_id[0] for other in ids) > 1)
+    with pytest.raises(UsageError, match="matches 2 keys"):
+        keys.remove_key(settings, shared)
+    with pytest.raises(UsageError, match="no key ''"):
+        keys.remove_key(settings, "")  # an empty prefix names nothing
+    monkeypatch.setenv("DBKEEP_PASSWORD", "other")
+    unique = next(key_id for key_id in (current[:length] for length in range(1, 33)) if sum(other.startswith(key_id) for other in ids) == 1)
+    assert keys.remove_key(settings, unique) == current
+    assert current not in [key.id for key in keys.list_keys(settings)]
+
+
 # -- unencrypted repositories keep today's format ------------------------------------------------------
 
 

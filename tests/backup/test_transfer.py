@@ -21,6 +21,7 @@ import pytest
 import zstandard
 
 from backup.errors import UsageError, VerificationFailed
+from backup.export import export_snapshot
 from backup.operations import create_backup, list_backups, restore_backup, verify_backup
 from backup.settings import settings_from_mapping
 from backup.sources import logical_dump_digest
@@ -149,13 +150,14 @@ def export_members(project: Path, *, mode: int = 0o640) -> list[tuple[str, bytes
     digest = hashlib.sha256(data).hexdigest()
     metadata = {
         "format": "dbkeep-export",
-        "version": 1,
+        "schema_version": 1,
         "snapshot": {"id": "20250116T020000Z-3f9a", "time": "2025-01-16T02:00:00Z", "tag": "daily"},
-        "files": [{"path": "data/app.db", "kind": "sqlite", "size": len(data), "mode": mode, "mtime": 1_700_000_000, "sha256": digest}],
+        "files": [{"path": "files/data/app.db", "kind": "sqlite", "size": len(data), "mode": mode, "mtime": 1_700_000_000, "sha256": digest}],
     }
+    encoded = json.dumps(metadata).encode()
     return [
-        ("metadata.json", json.dumps(metadata).encode()),
-        ("SHA256SUMS", f"{digest}  files/data/app.db\n".encode()),
+        ("metadata.json", encoded),
+        ("SHA256SUMS", f"{digest}  files/data/app.db\n{hashlib.sha256(encoded).hexdigest()}  metadata.json\n".encode()),
         ("files/data/app.db", data),
     ]
 
@@ -235,6 +237,70 @@ def test_import_strips_set_id_bits_from_modes(target, project: Path, tmp_path: P
     archive = write_tar(tmp_path / "archives" / "setuid.tgz", [regular(name, data, mode=0o4755) for name, data in members])
     snapshot = import_archive(target, archive).backup.snapshot
     assert snapshot.files[0].mode == 0o755
+
+
+@pytest.mark.parametrize("chosen_format", ["tar.gz", "tar.zst", "dir"])
+def test_what_export_writes_imports_into_a_fresh_repository_with_the_same_content(source, project: Path, tmp_path: Path, chosen_format: str) -> None:
+    (project / "notes.txt").write_text("plain file\n" * 50)
+    os.chmod(project / "notes.txt", 0o640)
+    settings = settings_from_mapping({"include": ["*.db", "*.txt"], "repository": str(project.parent / "source-repo")}, root=project)
+    original = create_backup(settings).snapshot
+    archive = tmp_path / f"export.{chosen_format}"
+    export_snapshot(settings, original.id, archive, format=chosen_format)
+    fresh = settings_from_mapping({"include": ["*.db"], "repository": str(tmp_path / "fresh")}, root=project)
+    report = import_archive(fresh, archive)
+    assert report.source_snapshot_id == original.id and report.backup.warnings == ()
+    imported = {entry.path: entry for entry in report.backup.snapshot.files}
+    for entry in original.files:
+        assert (imported[entry.path].kind, imported[entry.path].sha256, imported[entry.path].mode) == (entry.kind, entry.sha256, entry.mode)
+        assert imported[entry.path].mtime == pytest.approx(entry.mtime)
+    restore_backup(fresh, report.backup.snapshot.id, target=tmp_path / "restored", force=True)
+    assert logical_dump_digest(tmp_path / "restored" / "app.db") == logical_dump_digest(project / "app.db")
+    assert (tmp_path / "restored" / "notes.txt").read_text() == "plain file\n" * 50
+
+
+def _with_metadata(project: Path, change) -> list[tuple[str, bytes]]:
+    """The well-formed export with metadata.json changed by ``change`` and SHA256SUMS to match."""
+    members = dict(export_members(project))
+    metadata = json.loads(members["metadata.json"])
+    change(metadata)
+    members["metadata.json"] = json.dumps(metadata).encode()
+    digest = hashlib.sha256(members["files/data/app.db"]).hexdigest()
+    members["SHA256SUMS"] = f"{digest}  files/data/app.db\n{hashlib.sha256(members['metadata.json']).hexdigest()}  metadata.json\n".encode()
+    return list(members.items())
+
+
+def test_database_server_dump_in_an_archive_comes_back_as_a_plain_file_with_a_note(target, project: Path, tmp_path: Path) -> None:
+    dump = b"-- PostgreSQL database dump\nCREATE TABLE t (id int);\n"
+    members = dict(export_members(project))
+    members["files/postgres/app"] = dump
+
+    def add_dump(metadata) -> None:
+        metadata["files"].append({"path": "files/postgres/app", "kind": "postgres", "size": len(dump), "mode": 0o600, "mtime": 1_700_000_000, "sha256": hashlib.sha256(dump).hexdigest()})
+
+    changed = dict(_with_metadata(project, add_dump))
+    sums = changed["SHA256SUMS"].decode() + f"{hashlib.sha256(dump).hexdigest()}  files/postgres/app\n"
+    archive = write_tar(tmp_path / "archives" / "dump.tgz", [regular(name, data) for name, data in {**changed, "SHA256SUMS": sums.encode(), "files/postgres/app": dump}.items()])
+    report = import_archive(target, archive)
+    kinds = {entry.path: entry.kind for entry in report.backup.snapshot.files}
+    assert kinds == {"data/app.db": "sqlite", "postgres/app": "file"}
+    assert any("postgres/app was a postgres dump" in warning for warning in report.backup.warnings)
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        (lambda metadata: metadata["files"][0].update(path="data/app.db"), "does not start with 'files/'"),
+        (lambda metadata: metadata.pop("schema_version"), "schema_version 1"),
+        (lambda metadata: metadata["files"][0].update(kind="oracle"), "unknown kind"),
+    ],
+    ids=["path-outside-files", "no-schema-version", "unknown-kind"],
+)
+def test_metadata_that_breaks_the_export_layout_is_refused(target, project: Path, tmp_path: Path, change, fragment: str) -> None:
+    archive = write_tar(tmp_path / "archives" / "bad-metadata.tgz", [regular(name, data) for name, data in _with_metadata(project, change)])
+    with pytest.raises(ImportRefused, match=fragment):
+        import_archive(target, archive)
+    assert not (Path(target.repository) / "snapshots").exists()
 
 
 # -- import: hostile archives ------------------------------------------------------------------

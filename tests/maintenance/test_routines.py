@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
@@ -14,14 +15,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from invoke import Config, Context, Exit
 
-from backup import list_backups
+from backup import ConfigError, list_backups, restore_backup, settings_from_mapping, verify_backup
 from backup.ledger import Verification, load_ledger
 from backup.locking import LockRecord
 from backup.operations import open_repository
+from backup.sources import logical_dump_digest
 from maintenance.config import routine_config_from_mapping
 from maintenance.routines import choose_rotation, coverage, run_daily, run_monthly, run_weekly
 from maintenance.sampledata import change_database, create_sample_database
 from maintenance.tasks import daily, monthly, weekly
+from tests.s3_support import aws_environment, new_bucket, s3_server  # noqa: F401
 
 START = datetime(2025, 1, 10, 2, 0, tzinfo=timezone.utc)
 
@@ -176,6 +179,95 @@ def test_monthly_drill_fails_when_a_kept_snapshot_cannot_be_restored(project, tm
     report = run_monthly(config, now=START + timedelta(hours=1), scratch=tmp_path)
     assert report.step("restore drill").status == "failed"
     assert not report.ok
+
+
+# -- off-site copies -----------------------------------------------------------------------
+
+
+def offsite_config(config, **maintenance):
+    return routine_config_from_mapping(section(config.settings.root, config.settings.repository, maintenance=maintenance))
+
+
+def test_daily_with_offsite_copies_each_new_snapshot_verified_into_a_second_repository(project, tmp_path):
+    config, database = project
+    config = offsite_config(config, offsite="../offsite")  # relative to the project root
+    assert config.offsite_location == tmp_path / "offsite"
+    for day in range(3):
+        change_database(database, seed=day)
+        report = run_daily(config, now=START + timedelta(days=day))
+        assert report.ok, report.log_lines()
+    assert [step.name for step in report.steps] == ["create", "verify", "off-site copy", "retention + prune", "freshness"]
+    step = report.step("off-site copy")
+    assert step.details["copied"] == [list_backups(config.settings).snapshots[-1].id] and step.details["chunks_sent"] > 0
+    offsite = settings_from_mapping({"repository": str(tmp_path / "offsite")}, root=config.settings.root)
+    assert [snapshot.id for snapshot in list_backups(offsite).snapshots] == [snapshot.id for snapshot in list_backups(config.settings).snapshots]
+    assert verify_backup(offsite, read_data=True).ok
+    restore_backup(offsite, "latest", target=tmp_path / "from-offsite", force=True)
+    assert logical_dump_digest(tmp_path / "from-offsite" / "app.db") == logical_dump_digest(database)
+
+
+def test_daily_offsite_catches_up_missed_copies_but_never_brings_back_pruned_ones(project, tmp_path):
+    config, database = project
+    run_daily(config, now=START)  # no off-site copy configured yet
+    with_offsite = offsite_config(config, offsite=str(tmp_path / "offsite"))
+    change_database(database, seed=1)
+    first = run_daily(with_offsite, now=START + timedelta(days=1))
+    ids = [snapshot.id for snapshot in list_backups(config.settings).snapshots]
+    assert first.step("off-site copy").details["copied"] == ids
+    offsite = settings_from_mapping({"repository": str(tmp_path / "offsite")}, root=config.settings.root)
+    (tmp_path / "offsite" / "snapshots" / f"{ids[0]}.json").unlink()  # as a prune there would
+    change_database(database, seed=2)
+    second = run_daily(with_offsite, now=START + timedelta(days=2))
+    newest = list_backups(config.settings).snapshots[-1].id
+    assert second.step("off-site copy").details["copied"] == [newest]
+    assert [snapshot.id for snapshot in list_backups(offsite).snapshots] == [ids[1], newest]
+
+
+def test_daily_whose_offsite_copy_fails_reports_the_step_fails_and_still_applies_retention(project, tmp_path, monkeypatch):
+    config, _database = project
+    for name in ("DBKEEP_PASSWORD", "DBKEEP_PASSWORD_FILE", "DBKEEP_PASSWORD_COMMAND", "DBKEEP_TARGET_PASSWORD", "DBKEEP_TARGET_PASSWORD_FILE", "DBKEEP_TARGET_PASSWORD_COMMAND"):
+        monkeypatch.delenv(name, raising=False)
+    config = offsite_config(config, offsite=str(tmp_path / "offsite"), offsite_encrypt=True)
+    report = run_daily(config, now=START)
+    step = report.step("off-site copy")
+    assert step.status == "failed" and "needs a passphrase" in step.summary
+    assert report.step("retention + prune").status == "ok" and not report.ok
+    assert not (tmp_path / "offsite" / "config.json").exists()
+
+
+def test_daily_skips_the_offsite_copy_of_a_snapshot_that_failed_verification(project, tmp_path):
+    config, _database = project
+    run_daily(config, now=START)
+    flip_byte_in_pack_of(config, list_backups(config.settings).snapshots[-1].id)  # the unchanged database reuses that chunk
+    report = run_daily(offsite_config(config, offsite=str(tmp_path / "offsite")), now=START + timedelta(days=1))
+    assert report.step("verify").status == "failed" and report.step("off-site copy").status == "skipped"
+    assert not (tmp_path / "offsite").exists()
+
+
+@pytest.mark.parametrize(
+    ("offsite", "fragment"),
+    [("../repo", "names the repository itself"), ("s3://", "backup.maintenance.offsite = 's3://' is not allowed"), ("", "a non-empty string")],
+    ids=["the-repository-itself", "bad-s3-location", "empty"],
+)
+def test_bad_offsite_setting_is_a_config_error_naming_it(project, offsite, fragment):
+    config, _database = project
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        offsite_config(config, offsite=offsite)
+
+
+def test_daily_copies_off_site_into_an_encrypted_s3_repository(project, tmp_path, aws_environment, monkeypatch):
+    pytest.importorskip("cryptography")
+    config, database = project
+    location = f"s3://{new_bucket(aws_environment)}/offsite"
+    monkeypatch.delenv("DBKEEP_PASSWORD", raising=False)
+    monkeypatch.setenv("DBKEEP_TARGET_PASSWORD", "off-site passphrase")
+    report = run_daily(offsite_config(config, offsite=location, offsite_encrypt=True), now=START)
+    assert report.ok, report.log_lines()
+    monkeypatch.setenv("DBKEEP_PASSWORD", "off-site passphrase")
+    remote = settings_from_mapping({"repository": location, "encryption": "aes-256-gcm"}, root=config.settings.root)
+    assert [snapshot.id for snapshot in list_backups(remote).snapshots] == [snapshot.id for snapshot in list_backups(config.settings).snapshots]
+    restore_backup(remote, "latest", target=tmp_path / "from-s3", force=True)
+    assert logical_dump_digest(tmp_path / "from-s3" / "app.db") == logical_dump_digest(database)
 
 
 @settings(max_examples=100, deadline=None)
