@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from html import escape
+from .render import human_size
 
 #: Categorical colour classes the page defines (``s0`` ... ``s7``).
 PALETTE_SIZE = 8
@@ -44,16 +45,8 @@ _MONDAY_OFFSET = 4 * _DAY
 
 
 def human_bytes(size: float) -> str:
-    """``1536`` -> ``1.5 KiB``; whole bytes below 1 KiB; IEC units."""
-    value = float(abs(size))
-    unit = 0
-    while value >= 1024 and unit < len(_IEC) - 1:
-        value /= 1024
-        unit += 1
-    sign = "-" if size < 0 else ""
-    if unit == 0:
-        return f"{sign}{int(value)} B"
-    return f"{sign}{value:.1f} {_IEC[unit]}"
+    """``1536`` -> ``1.5 KiB``; whole bytes below 1 KiB; IEC units (the CLI's format)."""
+    return human_size(int(size))
 
 
 def compact_count(value: float) -> str:
