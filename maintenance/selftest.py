@@ -365,6 +365,48 @@ def scenario_interrupted(world: World) -> str:
     return f"killed mid-backup, nothing published; next backup broke the stale lock and completed ({report.snapshot.id})"
 
 
+#: Servers the self test tries; override with DBKEEP_SELFTEST_SERVERS (space-separated URLs, or "none").
+DEFAULT_SELFTEST_SERVERS = "postgresql://postgres@127.0.0.1:5432/postgres mysql://root@127.0.0.1:3306/mysql"
+
+
+def scenario_servers(world: World) -> str:
+    """Back up and drill a scratch database on each reachable server; name the ones that are not."""
+    from backup.servers import probe_databases
+    from backup.settings import settings_from_mapping
+    from backup.sources.server import engine_module, parse_database_entry
+
+    urls = os.environ.get("DBKEEP_SELFTEST_SERVERS", DEFAULT_SELFTEST_SERVERS).split()
+    if urls == ["none"]:
+        raise Skip("database servers switched off (DBKEEP_SELFTEST_SERVERS=none)")
+    results = []
+    for url in urls:
+        admin = parse_database_entry(url)
+        probe = probe_databases([admin])[0]
+        if not probe.reachable:
+            results.append(f"{admin.engine} not reachable at {probe.location} ({probe.detail[:80]})")
+            continue
+        engine = engine_module(admin.engine)
+        scratch = f"dbkeep_selftest_{os.getpid()}_{admin.engine}"
+        engine.create_database(admin, scratch)
+        try:
+            engine.query(admin, "CREATE TABLE accounts (id INTEGER PRIMARY KEY, balance INTEGER NOT NULL)", database=scratch)
+            engine.query(admin, "INSERT INTO accounts VALUES " + ", ".join(f"({i}, 100)" for i in range(1, 201)), database=scratch)
+            target = url.rsplit("/", 1)[0] + "/" + scratch
+            project = world.base / f"servers-{admin.engine}"
+            project.mkdir(exist_ok=True)
+            settings = settings_from_mapping({"databases": [target], "lock_wait": 0}, root=project)
+            report = backup.create_backup(settings, tag="selftest")
+            drill = backup.drill_backup(settings, report.snapshot.id)
+            check(drill.ok, f"{admin.engine} drill failed: {drill.results}")
+            entry = report.snapshot.files[0]
+            counts = {name.rsplit(".", 1)[-1]: rows for name, rows in (entry.server.tables if entry.server else {}).items()}
+            check(counts.get("accounts") == 200, f"{admin.engine} manifest row count is wrong: {entry.server}")
+            results.append(f"{admin.engine} {probe.detail}: backed up and drilled 200 rows")
+        finally:
+            engine.drop_database(admin, scratch)
+    return "; ".join(results)
+
+
 SCENARIOS: tuple[tuple[str, Callable[[World], str]], ...] = (
     ("create (WAL + rollback, concurrent writer)", scenario_create),
     ("list", scenario_list),
@@ -379,6 +421,7 @@ SCENARIOS: tuple[tuple[str, Callable[[World], str]], ...] = (
     ("migration guard rollback", scenario_guard),
     ("locked repository", scenario_locked),
     ("recovery after interrupted backup", scenario_interrupted),
+    ("database servers (when reachable)", scenario_servers),
 )
 
 
