@@ -151,12 +151,13 @@ def repository_size(settings: Settings) -> SizeReport:
         for snapshot_id in repository.snapshot_ids():
             try:
                 snapshot = repository.load_snapshot(snapshot_id)
-                chunks_by_file = [(entry, set(repository.chunk_ids_of(entry.chunk_lists))) for entry in snapshot.files]
+                snapshot_lists: set[str] = set()
+                chunks_by_file = [(entry, set(repository.chunk_ids_of(entry.chunk_lists, levels=entry.chunk_list_levels, list_ids=snapshot_lists))) for entry in snapshot.files]
             except CorruptData as error:
                 damaged[snapshot_id] = str(error)
                 continue
             snapshots.append(snapshot)
-            chunk_lists.update(list_id for entry in snapshot.files for list_id in entry.chunk_lists)
+            chunk_lists.update(snapshot_lists)
             references[snapshot.id] = set().union(*(chunks for _, chunks in chunks_by_file))
             for entry, chunks in chunks_by_file:
                 per_path.setdefault(entry.path, []).append((snapshot, entry, chunks))
@@ -268,7 +269,7 @@ def verified_chunks(repository: Repository, entry: FileEntry) -> Iterator[bytes]
     """
     digest = hashlib.sha256()
     size = 0
-    for chunk in repository.read_file_chunks(entry.chunk_lists):
+    for chunk in repository.read_file_chunks(entry.chunk_lists, levels=entry.chunk_list_levels):
         digest.update(chunk)
         size += len(chunk)
         yield chunk

@@ -24,6 +24,8 @@ from .pack import check_id
 MANIFEST_VERSION = 1
 SNAPSHOT_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{4}$")
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
+#: A file's chunk list tree is never deeper than this; a deeper claim is damage.
+MAX_CHUNK_LIST_LEVELS = 6
 
 
 def new_snapshot_id(now: datetime) -> str:
@@ -116,6 +118,8 @@ class FileEntry:
     chunk_count: int
     sqlite: SQLiteInfo | None = None
     server: ServerInfo | None = None
+    #: Depth of the chunk list tree ``chunk_lists`` start: 1 means they hold data chunk ids.
+    chunk_list_levels: int = 1
 
     @property
     def is_sqlite(self) -> bool:
@@ -187,6 +191,8 @@ def _file_body(entry: FileEntry) -> dict[str, Any]:
         del body["sqlite"]
     if entry.server is None:
         del body["server"]
+    if entry.chunk_list_levels == 1:
+        del body["chunk_list_levels"]  # the default; older manifests never carry it
     return body
 
 
@@ -259,6 +265,9 @@ def _file_from_body(item: object) -> FileEntry:
     server = _server_from_body(server_body) if server_body is not None else None
     if (kind in SERVER_KINDS) != (server is not None) or (server is not None and server.engine != kind):
         raise CorruptManifest(f"a {kind[:20]} entry has wrong or missing server details")
+    levels = item.get("chunk_list_levels", 1)
+    if isinstance(levels, bool) or not isinstance(levels, int) or not 1 <= levels <= MAX_CHUNK_LIST_LEVELS:
+        raise CorruptManifest(f"chunk_list_levels {str(levels)[:20]!r} is not a level count from 1 to {MAX_CHUNK_LIST_LEVELS}")
     mode = _count(item, "mode")
     if mode > 0o7777:
         raise CorruptManifest(f"file mode {mode:o} is out of range")
@@ -273,6 +282,7 @@ def _file_from_body(item: object) -> FileEntry:
         chunk_count=_count(item, "chunk_count"),
         sqlite=sqlite,
         server=server,
+        chunk_list_levels=levels,
     )
 
 

@@ -263,7 +263,7 @@ def _store_one(repository: Repository, writer, item: SelectedFile, settings: Set
     else:
         info = None
         size, digest, chunk_ids = _store_stream(writer, capture_file(item.path, READ_PIECE), settings.chunk_size, stats)
-    chunk_lists = writer.add_chunk_list(chunk_ids)
+    chunk_lists, levels = writer.add_chunk_tree(chunk_ids)
     return FileEntry(
         path=item.relative,
         kind=item.kind,
@@ -273,6 +273,7 @@ def _store_one(repository: Repository, writer, item: SelectedFile, settings: Set
         sha256=digest,
         chunk_lists=tuple(chunk_lists),
         chunk_count=len(chunk_ids),
+        chunk_list_levels=levels,
         sqlite=info,
     )
 
@@ -283,7 +284,7 @@ def _store_server(writer, database: DatabaseConfig, stats: _Counter) -> FileEntr
     (size, digest, chunk_ids), info = capture_database(
         database, lambda pieces: _store_stream(writer, pieces, 0, stats, chunker=content_defined_chunks)
     )
-    chunk_lists = writer.add_chunk_list(chunk_ids)
+    chunk_lists, levels = writer.add_chunk_tree(chunk_ids)
     return FileEntry(
         path=database.name,
         kind=database.engine,
@@ -293,6 +294,7 @@ def _store_server(writer, database: DatabaseConfig, stats: _Counter) -> FileEntr
         sha256=digest,
         chunk_lists=tuple(chunk_lists),
         chunk_count=len(chunk_ids),
+        chunk_list_levels=levels,
         server=info,
     )
 
@@ -409,7 +411,9 @@ def packs_of(repository: Repository, snapshot_ids: Sequence[str]) -> set[str]:
         try:
             snapshot = repository.load_snapshot(snapshot_id)
             for entry in snapshot.files:
-                for chunk_id in [*entry.chunk_lists, *repository.chunk_ids_of(entry.chunk_lists)]:
+                list_ids: set[str] = set()
+                chunk_ids = set(repository.chunk_ids_of(entry.chunk_lists, levels=entry.chunk_list_levels, list_ids=list_ids))
+                for chunk_id in list_ids | chunk_ids:
                     packs.update(location.pack_id for location in index.all_locations(chunk_id))
         except (CorruptData, StorageError):
             continue
@@ -599,7 +603,7 @@ def _materialise(repository: Repository, item: RestoreItem) -> Path:
         digest = hashlib.sha256()
         size = 0
         try:
-            for chunk in repository.read_file_chunks(item.entry.chunk_lists):
+            for chunk in repository.read_file_chunks(item.entry.chunk_lists, levels=item.entry.chunk_list_levels):
                 fsio.write(descriptor, chunk)
                 digest.update(chunk)
                 size += len(chunk)

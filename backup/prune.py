@@ -128,9 +128,8 @@ def referenced_chunks(repository: Repository, snapshot_ids: Sequence[str]) -> se
         try:
             snapshot = repository.load_snapshot(snapshot_id)
             for entry in snapshot.files:
-                needed.update(entry.chunk_lists)
-                for chunk_id in repository.chunk_ids_of(entry.chunk_lists):
-                    needed.add(chunk_id)
+                # Every list of the chunk list tree is needed, not only those the manifest names.
+                needed.update(repository.chunk_ids_of(entry.chunk_lists, levels=entry.chunk_list_levels, list_ids=needed))
         except (CorruptData, StorageError) as error:
             raise _refused(f"kept snapshot {snapshot_id} cannot be read ({error}); run backup.verify") from error
     for chunk_id in needed:

@@ -20,8 +20,9 @@ Layout under the repository location (docs/format.md has the bytes):
 
 from __future__ import annotations
 
-import dataclasses
+import collections
 import contextlib
+import dataclasses
 import hashlib
 import json
 import secrets
@@ -45,7 +46,7 @@ from .errors import (
     SnapshotNotFound,
     StorageError,
 )
-from .manifest import MAX_MANIFEST_BYTES, Snapshot, check_snapshot_id, seal, unseal
+from .manifest import MAX_CHUNK_LIST_LEVELS, MAX_MANIFEST_BYTES, Snapshot, check_snapshot_id, seal, unseal
 from .pack import Frame, PackEntry, check_id
 from .storage import LocalStorage, Storage, describe_os_error
 
@@ -54,8 +55,13 @@ CONFIG_NAME = "config.json"
 FOLDERS = ("snapshots", "packs", "index", "locks")
 PACK_TARGET_BYTES = 16 * 1024 * 1024
 FRAME_TARGET_BYTES = 128 * 1024
-#: How many chunk ids one chunk list holds; a changed chunk rewrites one list.
-CHUNK_LIST_FANOUT = 128
+#: How many data chunk ids one leaf chunk list holds; a changed chunk rewrites one
+#: leaf (512 bytes) and the lists above it, so the lists a backup adds follow the change.
+CHUNK_LIST_FANOUT = 16
+#: How many list ids a list above the leaves holds, and the most the manifest lists.
+CHUNK_TREE_FANOUT = 64
+#: Decompressed frames kept for reads: leaf lists and data chunks live in different frames.
+FRAME_CACHE_FRAMES = 8
 READAHEAD_MIN = 256 * 1024
 READAHEAD_MAX = 8 * 1024 * 1024
 #: No config or index file dbkeep writes comes near these sizes (an index file of
@@ -207,7 +213,7 @@ class Repository:
         #: The master keys of an encrypted repository; None when it is not encrypted.
         self.keys = keys
         self._index: Index | None = None
-        self._frame_cache: tuple[tuple[str, int], bytes] | None = None
+        self._frame_cache: collections.OrderedDict[tuple[str, int], bytes] = collections.OrderedDict()
         #: Read-ahead window (pack id, offset, bytes): sequential frame reads become
         #: one large ranged read instead of one request per frame (S3 latency).
         #: Two windows, so reading a chunk list between data frames keeps the data window.
@@ -479,8 +485,10 @@ class Repository:
 
     def read_frame(self, pack_id: str, entry: PackEntry) -> bytes:
         key = (pack_id, entry.frame_offset)
-        if self._frame_cache is not None and self._frame_cache[0] == key:
-            return self._frame_cache[1]
+        cached = self._frame_cache.get(key)
+        if cached is not None:
+            self._frame_cache.move_to_end(key)
+            return cached
         try:
             data = self._read_pack_range(pack_id, entry.frame_offset, entry.frame_length)
         except StorageError as error:
@@ -489,7 +497,9 @@ class Repository:
             # Authenticated before the decompressor sees a byte: tampering is never garbage.
             data = self.keys.open(data, self._aad("frame"), f"frame at offset {entry.frame_offset} of pack {pack_id}")
         frame = packformat.decompress_frame(data, entry.compression)
-        self._frame_cache = (key, frame)
+        self._frame_cache[key] = frame
+        if len(self._frame_cache) > FRAME_CACHE_FRAMES:
+            self._frame_cache.popitem(last=False)
         return frame
 
     def _read_pack_range(self, pack_id: str, offset: int, length: int) -> bytes:
@@ -537,7 +547,7 @@ class Repository:
             data = frame[entry.offset_in_frame : entry.offset_in_frame + entry.length]
             if len(data) == entry.length and self.chunk_id(data) == chunk_id:
                 return data
-            self._frame_cache = None
+            self._frame_cache.pop((location.pack_id, entry.frame_offset), None)
             if self.keys is not None:
                 failures.append(AuthenticationFailed(f"chunk {chunk_id} in pack {location.pack_id} does not match its keyed id: the frame was swapped or moved"))
             else:
@@ -546,17 +556,33 @@ class Repository:
             raise failures[0]
         raise CorruptChunk(f"chunk {chunk_id}: no intact copy ({'; '.join(str(failure) for failure in failures)})")
 
-    def chunk_ids_of(self, chunk_lists: Iterable[str]) -> Iterator[str]:
-        """Expand a file's chunk lists into its chunk ids, in order."""
-        for list_id in chunk_lists:
-            data = self.read_chunk(list_id)
-            if len(data) % 32:
-                raise CorruptChunk(f"chunk list {list_id} has a length that is not a multiple of 32")
-            for position in range(0, len(data), 32):
-                yield data[position : position + 32].hex()
+    def read_chunk_list(self, list_id: str) -> list[str]:
+        """The ids one chunk list holds, in order (data chunk ids or, above the leaves, list ids)."""
+        data = self.read_chunk(list_id)
+        if len(data) % 32:
+            raise CorruptChunk(f"chunk list {list_id} has a length that is not a multiple of 32")
+        return [data[position : position + 32].hex() for position in range(0, len(data), 32)]
 
-    def read_file_chunks(self, chunk_lists: Iterable[str]) -> Iterator[bytes]:
-        for chunk_id in self.chunk_ids_of(chunk_lists):
+    def chunk_ids_of(self, chunk_lists: Iterable[str], *, levels: int, list_ids: set[str] | None = None) -> Iterator[str]:
+        """Expand a file's chunk list tree into its data chunk ids, in order.
+
+        ``levels`` is the file entry's ``chunk_list_levels`` (1: the lists hold
+        data chunk ids). When ``list_ids`` is given, every list id of the tree
+        that is read is added to it (prune and copy must keep the inner lists).
+        """
+        if not 1 <= levels <= MAX_CHUNK_LIST_LEVELS:
+            raise CorruptChunk(f"a chunk list tree of {levels} levels is not supported")
+        for list_id in chunk_lists:
+            if list_ids is not None:
+                list_ids.add(list_id)
+            ids = self.read_chunk_list(list_id)
+            if levels == 1:
+                yield from ids
+            else:
+                yield from self.chunk_ids_of(ids, levels=levels - 1, list_ids=list_ids)
+
+    def read_file_chunks(self, chunk_lists: Iterable[str], *, levels: int) -> Iterator[bytes]:
+        for chunk_id in self.chunk_ids_of(chunk_lists, levels=levels):
             yield self.read_chunk(chunk_id)
 
     # -- snapshots ------------------------------------------------------------------
@@ -653,11 +679,24 @@ class ChunkWriter:
             self.close_frame()
         return True
 
-    def add_chunk_list(self, chunk_ids: list[str]) -> list[str]:
-        """Store a file's chunk ids as chunk lists; returns the list ids in order."""
+    def add_chunk_tree(self, chunk_ids: list[str]) -> tuple[list[str], int]:
+        """Store a file's chunk ids as a chunk list tree; returns (the manifest's list ids, levels).
+
+        Leaves hold CHUNK_LIST_FANOUT data chunk ids; each level above holds
+        CHUNK_TREE_FANOUT list ids, until at most CHUNK_TREE_FANOUT ids are left.
+        """
+        list_ids = self.add_chunk_list(chunk_ids, fanout=CHUNK_LIST_FANOUT)
+        levels = 1
+        while len(list_ids) > CHUNK_TREE_FANOUT:
+            list_ids = self.add_chunk_list(list_ids, fanout=CHUNK_TREE_FANOUT)
+            levels += 1
+        return list_ids, levels
+
+    def add_chunk_list(self, chunk_ids: list[str], *, fanout: int) -> list[str]:
+        """Store ids as one level of chunk lists of ``fanout`` ids; returns the list ids in order."""
         list_ids: list[str] = []
-        for start in range(0, len(chunk_ids), CHUNK_LIST_FANOUT):
-            data = b"".join(bytes.fromhex(chunk_id) for chunk_id in chunk_ids[start : start + CHUNK_LIST_FANOUT])
+        for start in range(0, len(chunk_ids), fanout):
+            data = b"".join(bytes.fromhex(chunk_id) for chunk_id in chunk_ids[start : start + fanout])
             list_id = self.repository.chunk_id(data)
             self.add(list_id, data)
             list_ids.append(list_id)

@@ -78,7 +78,7 @@ def verify_dump(repository: Repository, entry: FileEntry) -> None:
     digest = hashlib.sha256()
     size = [0]
     try:
-        for _ in _hashed(repository.read_file_chunks(entry.chunk_lists), digest, size):
+        for _ in _hashed(repository.read_file_chunks(entry.chunk_lists, levels=entry.chunk_list_levels), digest, size):
             pass
     except CorruptData as error:
         problem = Problem(kind="corrupt-data", message=str(error), path=entry.path)
@@ -104,11 +104,11 @@ def apply_restore(repository: Repository, item: DatabaseRestoreItem, safety: Sna
     if safety is not None:
         name = live_connection(item).name
         rollback_entry = next((candidate for candidate in safety.files if candidate.path == name and candidate.is_server), None)
-    open_rollback = (lambda: repository.read_file_chunks(rollback_entry.chunk_lists)) if rollback_entry else None
+    open_rollback = (lambda: repository.read_file_chunks(rollback_entry.chunk_lists, levels=rollback_entry.chunk_list_levels)) if rollback_entry else None
     return restore_database(
         item.connection,
         entry.server,
-        lambda: repository.read_file_chunks(entry.chunk_lists),
+        lambda: repository.read_file_chunks(entry.chunk_lists, levels=entry.chunk_list_levels),
         target=item.target,
         open_rollback=open_rollback,
     )
@@ -124,7 +124,7 @@ def drill_entry(repository: Repository, connection: DatabaseConfig, entry: FileE
     digest = hashlib.sha256()
     size = [0]
     try:
-        result = drill_database(connection, _hashed(repository.read_file_chunks(entry.chunk_lists), digest, size), entry.server)
+        result = drill_database(connection, _hashed(repository.read_file_chunks(entry.chunk_lists, levels=entry.chunk_list_levels), digest, size), entry.server)
     except CorruptData as error:
         return DrillResult(name=entry.path, scratch_database="", problems=(f"the dump cannot be read: {error}",))
     problems = list(result.problems)

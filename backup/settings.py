@@ -25,7 +25,7 @@ from .sources.server import DatabaseConfig, parse_database_entry
 DEFAULT_REPOSITORY = ".backups"
 GIB = 1024**3
 DEFAULT_COMPRESSION_LEVEL = 3
-DEFAULT_CHUNK_SIZE = 16 * 1024
+DEFAULT_CHUNK_SIZE = 4 * 1024
 DEFAULT_KEEP_LAST = 10
 DEFAULT_LOCK_WAIT = 10.0
 

@@ -165,7 +165,7 @@ def _copy_one(source: Repository, target: Repository, snapshot: Snapshot, lock: 
     entries: list[FileEntry] = []
     for entry in snapshot.files:
         target_ids: list[str] = []
-        for chunk_id in source.chunk_ids_of(entry.chunk_lists):
+        for chunk_id in source.chunk_ids_of(entry.chunk_lists, levels=entry.chunk_list_levels):
             if same_ids and writer.has(chunk_id):
                 reused += 1
                 target_ids.append(chunk_id)
@@ -178,7 +178,8 @@ def _copy_one(source: Repository, target: Repository, snapshot: Snapshot, lock: 
             else:
                 reused += 1
             target_ids.append(new_id)
-        entries.append(dataclasses.replace(entry, chunk_lists=tuple(writer.add_chunk_list(target_ids))))
+        chunk_lists, levels = writer.add_chunk_tree(target_ids)
+        entries.append(dataclasses.replace(entry, chunk_lists=tuple(chunk_lists), chunk_list_levels=levels))
     writer.finish()
     _verify_arrived(target, snapshot.id, entries)
     lock.ensure_held()
@@ -193,7 +194,7 @@ def _verify_arrived(target: Repository, snapshot_id: str, entries: Sequence[File
         digest = hashlib.sha256()
         size = 0
         try:
-            for chunk in target.read_file_chunks(entry.chunk_lists):
+            for chunk in target.read_file_chunks(entry.chunk_lists, levels=entry.chunk_list_levels):
                 digest.update(chunk)
                 size += len(chunk)
         except CorruptData as error:

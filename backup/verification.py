@@ -153,16 +153,27 @@ def _check_file(repository, snapshot, entry, present, bad_packs, chunk_status, r
         report.problems.append(Problem(kind=kind, message=message, snapshot_id=snapshot.id, path=entry.path, chunk_id=chunk_id))
 
     chunk_ids: list[str] = []
-    for list_id in entry.chunk_lists:
-        reason = _cached_status(repository, list_id, present, bad_packs, chunk_status)
-        if reason is not None:
-            problem("missing-chunk", f"chunk list {reason}", list_id)
-            return
-        try:
-            chunk_ids.extend(repository.chunk_ids_of([list_id]))
-        except CorruptData as error:
-            problem("corrupt-chunk", str(error), list_id)
-            return
+
+    def expand(list_ids: Sequence[str], levels: int) -> bool:
+        """Append the data chunk ids of a chunk list tree, level by level; False on damage."""
+        for list_id in list_ids:
+            reason = _cached_status(repository, list_id, present, bad_packs, chunk_status)
+            if reason is not None:
+                problem("missing-chunk", f"chunk list {reason}", list_id)
+                return False
+            try:
+                ids = repository.read_chunk_list(list_id)
+            except CorruptData as error:
+                problem("corrupt-chunk", str(error), list_id)
+                return False
+            if levels == 1:
+                chunk_ids.extend(ids)
+            elif not expand(ids, levels - 1):
+                return False
+        return True
+
+    if not expand(entry.chunk_lists, entry.chunk_list_levels):
+        return
     if len(chunk_ids) != entry.chunk_count:
         problem("chunk-count", f"file lists {len(chunk_ids)} chunks, the manifest says {entry.chunk_count}")
         return

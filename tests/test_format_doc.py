@@ -22,10 +22,12 @@ def _recovery_block() -> str:
 
 
 @pytest.mark.skipif(any(shutil.which(tool) is None for tool in TOOLS), reason=f"needs {', '.join(TOOLS)} (installed by .ci/run)")
-def test_documented_shell_procedure_recovers_the_database_byte_for_byte(tmp_path, make_settings):
+@pytest.mark.parametrize(("rows", "levels"), [(3000, 1), (16000, 2)], ids=["one-level-chunk-lists", "two-level-chunk-list-tree"])
+def test_documented_shell_procedure_recovers_the_database_byte_for_byte(tmp_path, make_settings, rows, levels):
     root = tmp_path / "project"
-    database = make_database(root / "app.db", rows=3000)
+    database = make_database(root / "app.db", rows=rows, blob_size=400)
     report = create_backup(make_settings(root))
+    assert report.snapshot.files[0].chunk_list_levels == levels
     lines = _recovery_block().splitlines()
     assert lines[0].startswith("REPO=")
     lines[0] = f"REPO={root / '.backups'} SNAP={report.snapshot.id} FILE=app.db OUT=recovered.db"

@@ -344,7 +344,7 @@ def test_unencrypted_repository_keeps_the_plain_format(project: Path) -> None:
     assert json.loads(index_file.read_bytes())["format"] == "dbkeep-index"
     assert json.loads((root / "snapshots" / f"{report.snapshot.id}.json").read_bytes())["format"] == "dbkeep-snapshot"
     repository = Repository.open(LocalStorage(root))
-    chunk_ids = list(repository.chunk_ids_of(report.snapshot.files[0].chunk_lists))
+    chunk_ids = list(repository.chunk_ids_of(report.snapshot.files[0].chunk_lists, levels=report.snapshot.files[0].chunk_list_levels))
     assert all(hashlib.sha256(repository.read_chunk(chunk_id)).hexdigest() == chunk_id for chunk_id in chunk_ids)
 
 

@@ -91,7 +91,7 @@ def test_repack_rewrites_sparse_packs_and_every_kept_snapshot_still_restores(pro
     snapshot = repository.load_snapshot(ids[-1])
     for entry in snapshot.files:
         needed.update(entry.chunk_lists)
-        needed.update(repository.chunk_ids_of(entry.chunk_lists))
+        needed.update(repository.chunk_ids_of(entry.chunk_lists, levels=entry.chunk_list_levels, list_ids=needed))
     # After a full repack every stored chunk is one a kept snapshot needs.
     assert set(index.locations) == needed
     assert report.bytes_freed > 0

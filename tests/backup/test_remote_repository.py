@@ -106,7 +106,7 @@ def test_read_ahead_never_blames_an_intact_frame_for_damage_past_it(project: Pat
     settings = settings_from_mapping({"repository": str(tmp_path / "repo"), "include": ["*.db"], "compression_level": 0}, root=project)
     snapshot = create_backup(settings).snapshot
     repository = Repository.open(LocalStorage(tmp_path / "repo"))
-    chunk_ids = list(repository.chunk_ids_of(snapshot.files[0].chunk_lists))
+    chunk_ids = list(repository.chunk_ids_of(snapshot.files[0].chunk_lists, levels=snapshot.files[0].chunk_list_levels))
     locations = [repository.locate(chunk_id)[0] for chunk_id in chunk_ids]
     pack_id = locations[0].pack_id
     frame_offsets = sorted({location.entry.frame_offset for location in locations if location.pack_id == pack_id})

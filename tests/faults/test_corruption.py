@@ -99,7 +99,9 @@ def _needs(project: Project) -> dict[str, set[str]]:
     for snapshot_id in repository.snapshot_ids():
         packs = set()
         for entry in repository.load_snapshot(snapshot_id).files:
-            chunk_ids = list(entry.chunk_lists) + list(repository.chunk_ids_of(entry.chunk_lists))
+            list_ids: set[str] = set()
+            chunk_ids = list(repository.chunk_ids_of(entry.chunk_lists, levels=entry.chunk_list_levels, list_ids=list_ids))
+            chunk_ids = sorted(list_ids) + chunk_ids
             packs.update(index.locations[chunk_id].pack_id for chunk_id in chunk_ids)
         needs[snapshot_id] = packs
     return needs
@@ -371,9 +373,9 @@ def _store_file(repository, data: bytes, chunk_size: int) -> dict:
         chunk_id = packformat.chunk_id_of(chunk)
         writer.add(chunk_id, chunk)
         chunk_ids.append(chunk_id)
-    lists = writer.add_chunk_list(chunk_ids)
+    lists, levels = writer.add_chunk_tree(chunk_ids)
     writer.finish()
-    return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "chunk_lists": tuple(lists), "chunk_count": len(chunk_ids)}
+    return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "chunk_lists": tuple(lists), "chunk_count": len(chunk_ids), "chunk_list_levels": levels}
 
 
 def test_clean_refuses_and_deletes_nothing_while_a_kept_snapshot_needs_a_missing_pack(tmp_path: Path) -> None:

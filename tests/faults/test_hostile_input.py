@@ -266,7 +266,7 @@ def _bomb_pack(project: faultkit.Project) -> None:
     """Make every location of one chunk of the newest snapshot a decompression bomb."""
     repository = faultkit.open_repository(project)
     snapshot = repository.load_snapshot(repository.snapshot_ids()[-1])
-    chunk_id = next(repository.chunk_ids_of(snapshot.files[0].chunk_lists))
+    chunk_id = next(repository.chunk_ids_of(snapshot.files[0].chunk_lists, levels=snapshot.files[0].chunk_list_levels))
     bomb = decompression_bomb()
     entry = packformat.PackEntry(chunk_id=chunk_id, frame_offset=0, frame_length=len(bomb), offset_in_frame=0, length=4096, compression=packformat.COMPRESSION_ZSTD)
     frame = packformat.Frame(data=bomb, compression=packformat.COMPRESSION_ZSTD, chunks=((chunk_id, 0, 4096),))

@@ -52,7 +52,7 @@ def project(tmp_path: Path):
 def flip_byte_in_pack_of(config, snapshot_id: str) -> None:
     repository = open_repository(config.settings)
     snapshot = repository.load_snapshot(snapshot_id)
-    chunk_id = next(repository.chunk_ids_of(snapshot.files[0].chunk_lists))
+    chunk_id = next(repository.chunk_ids_of(snapshot.files[0].chunk_lists, levels=snapshot.files[0].chunk_list_levels))
     location = repository.index().locations[chunk_id]
     pack = config.settings.repository / "packs" / location.pack_id[:2] / location.pack_id
     data = bytearray(pack.read_bytes())
