@@ -49,6 +49,23 @@ def test_documented_recovery_with_standard_tools_rebuilds_a_snapshot(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("zstd") is None, reason="needs the zstd command")
+def test_documented_recovery_walks_a_two_level_chunk_list_tree(tmp_path):
+    from tests.dbhelpers import make_database
+
+    root = tmp_path / "project"
+    database = make_database(root / "big.db", rows=8000, blob_size=1000)
+    settings = settings_from_mapping({"root": str(root), "repository": str(tmp_path / "repo")})
+    snapshot = create_backup(settings).snapshot
+    assert snapshot.files[0].chunk_list_levels >= 2
+    script = tmp_path / "recover.py"
+    script.write_text(recovery_script())
+    completed = subprocess.run([sys.executable, "-I", str(script), str(tmp_path / "repo"), snapshot.id, str(tmp_path / "out")], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.splitlines() == ["big.db: OK"]
+    assert logical_dump_digest(tmp_path / "out" / "big.db") == logical_dump_digest(database)
+
+
+@pytest.mark.skipif(shutil.which("zstd") is None, reason="needs the zstd command")
 def test_documented_recovery_refuses_an_edited_manifest(tmp_path):
     root = tmp_path / "project"
     create_sample_database(root / "app.db", rows=100)
