@@ -34,6 +34,7 @@ from .server import (
     DatabaseConfig,
     Description,
     check_restored,
+    explainer,
     feed_tool,
     find_tool,
     first_error_line,
@@ -88,12 +89,7 @@ def _options(config: DatabaseConfig) -> Iterator[str]:
 
 
 def _explainer(config: DatabaseConfig, database: str | None) -> Callable[[str], str]:
-    location = config.location(database)
-
-    def explain(stderr: str) -> str:
-        return f"{config.name}: {explain_failure(stderr, location)}"
-
-    return explain
+    return explainer(config, database, explain_failure)
 
 
 def explain_failure(stderr: str, location: str) -> str:

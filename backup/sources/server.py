@@ -218,6 +218,16 @@ def scratch_name(database: str, *, purpose: str = "drill", limit: int = 63) -> s
 # -- running the client tools --------------------------------------------------------
 
 
+def explainer(config: DatabaseConfig, database: str | None, explain_failure: Callable[[str, str], str]) -> Explain:
+    """Turn a client tool's stderr into one line naming the database, using the engine's own reading."""
+    location = config.location(database)
+
+    def explain(stderr: str) -> str:
+        return f"{config.name}: {explain_failure(stderr, location)}"
+
+    return explain
+
+
 def find_tool(config: DatabaseConfig, names: Iterable[str], package_hint: str) -> str:
     """The path of the first of ``names`` found in ``bin_dir`` or on PATH; SourceError if none."""
     names = tuple(names)
