@@ -52,6 +52,7 @@ PROGRESS_AFTER_VARIABLE = "DBKEEP_PROGRESS_AFTER"
 
 ROOT_HELP = "project directory to work on (default: where tasks.py is, else the current directory); its invoke.yaml is read"
 JSON_HELP = "print one JSON document (with schema_version) on stdout instead of tables"
+NEW_PASSPHRASE_ROOT_HELP = ROOT_HELP + "; the new passphrase comes from DBKEEP_NEW_PASSWORD (_FILE, _COMMAND) or is asked for twice"
 SNAPSHOT_HELP = "snapshot id, unique prefix, 'latest', or a point in time (2025-01-16T10:00, 2025-01-16, yesterday, 3h)"
 
 
@@ -492,7 +493,7 @@ def init(c, encrypt=False, root=None, json=False):
     name="key-add",
     auto_shortflags=False,
     help={
-        "root": ROOT_HELP + "; the new passphrase comes from DBKEEP_NEW_PASSWORD (_FILE, _COMMAND) or is asked for twice",
+        "root": NEW_PASSPHRASE_ROOT_HELP,
         "json": JSON_HELP,
     },
 )
@@ -527,7 +528,7 @@ def key_remove(c, key_id, root=None, json=False):
     name="key-passwd",
     auto_shortflags=False,
     help={
-        "root": ROOT_HELP + "; the new passphrase comes from DBKEEP_NEW_PASSWORD (_FILE, _COMMAND) or is asked for twice",
+        "root": NEW_PASSPHRASE_ROOT_HELP,
         "json": JSON_HELP,
     },
 )
