@@ -116,17 +116,27 @@ def _check_packs(repository: Repository, present: dict[str, int], report: Verify
             # Not fatal for the whole pack: the file check below re-hashes every chunk
             # and names exactly the ones that were hit.
             report.problems.append(Problem(kind="pack-hash", message=f"pack {pack_id} does not hash to its name: its bytes were changed", pack_id=pack_id))
-        try:
-            entries = repository.parse_pack(data, pack_id)
-        except CorruptData as error:
-            bad[pack_id] = str(error)
-            continue
-        indexed = {location.entry for chunk_id, location in index.locations.items() if location.pack_id == pack_id}
-        if not indexed.issubset(set(entries)):
-            bad[pack_id] = f"pack {pack_id} header disagrees with the index"
+        header_problem = _header_problem(repository, index, data, pack_id)
+        if header_problem is not None:
+            # The header is the redundant copy of the index used to rebuild it; its
+            # damage alone leaves every chunk readable through the index, so the
+            # file check decides which snapshots (if any) lost bytes.
+            report.problems.append(Problem(kind="pack-header", message=header_problem, pack_id=pack_id))
     for pack_id, message in bad.items():
         report.problems.append(Problem(kind="bad-pack", message=message, pack_id=pack_id))
     return bad
+
+
+def _header_problem(repository: Repository, index, data: bytes, pack_id: str) -> str | None:
+    """Why the pack's trailing header cannot rebuild the index entries for it, or None."""
+    try:
+        entries = repository.parse_pack(data, pack_id)
+    except CorruptData as error:
+        return f"{error}; the index can no longer be rebuilt from this pack"
+    indexed = {location.entry for location in index.locations.values() if location.pack_id == pack_id}
+    if not indexed.issubset(set(entries)):
+        return f"pack {pack_id} header disagrees with the index; the index can no longer be rebuilt from this pack"
+    return None
 
 
 def _chunk_problem(repository: Repository, chunk_id: str, present: dict[str, int], bad_packs: dict[str, str]) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from contextlib import closing
 from pathlib import Path
@@ -52,6 +53,23 @@ def test_flipped_bit_in_pack_is_named_by_read_data_verify(two_snapshots):
     hit = [problem for problem in report.problems if problem.snapshot_id == second.id]
     assert hit and all(problem.path == "other.db" for problem in hit)
     assert any(problem.chunk_id for problem in hit)
+
+
+def test_damage_to_a_pack_header_alone_is_named_but_blames_no_snapshot(two_snapshots, tmp_path):
+    """The header only duplicates the index: every chunk still reads and checks, so
+    verification reports the pack while both snapshots stay restorable."""
+    settings, first, second, pack = two_snapshots
+    _flip_bit(pack, pack.stat().st_size - 12 - 20)  # inside the last header entry
+
+    report = verify_backup(settings, read_data=True)
+
+    assert not report.ok
+    assert report.affected_snapshots == []
+    assert {problem.kind for problem in report.problems} == {"pack-hash", "pack-header"}
+    assert all(problem.pack_id == pack.name for problem in report.problems)
+    restore_backup(settings, second.id, target=tmp_path / "restored")
+    for entry in second.files:
+        assert hashlib.sha256((tmp_path / "restored" / entry.path).read_bytes()).hexdigest() == entry.sha256
 
 
 def test_truncated_pack_is_found_by_structure_check_alone(two_snapshots):
