@@ -148,7 +148,7 @@ def _select(settings: Settings, paths: Sequence[str] | None, databases: Sequence
         path = _inside(settings.root, relative)
         if not path.is_file():
             raise UsageError(f"{relative} is not a file under {settings.root}")
-        chosen.append(SelectedFile(path=path, relative=path.relative_to(settings.root).as_posix(), kind="sqlite" if is_sqlite_file(path) else "file"))
+        chosen.append(SelectedFile(path=path, relative=path.relative_to(os.path.abspath(settings.root)).as_posix(), kind="sqlite" if is_sqlite_file(path) else "file"))
     return chosen
 
 

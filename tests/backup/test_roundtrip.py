@@ -129,3 +129,15 @@ def test_restore_into_wal_database_with_other_page_size_refuses_clearly_and_chan
         restore_backup(settings, report.snapshot.id, force=True)
 
     assert file_state(database) == before
+
+
+def test_a_relative_project_root_backs_up_named_paths(tmp_path, monkeypatch):
+    """The library API takes the root as given; a relative one must work like the CLI's."""
+    from backup import Settings
+
+    make_database(tmp_path / "project" / "app.db", rows=50)
+    monkeypatch.chdir(tmp_path)
+
+    report = create_backup(Settings(root=Path("project"), repository=Path("repo")), paths=["app.db"])
+
+    assert [entry.path for entry in report.snapshot.files] == ["app.db"]
