@@ -16,6 +16,7 @@ import secrets
 import stat
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -47,10 +48,12 @@ from .settings import Settings
 from .sources import (
     SelectedFile,
     capture_file,
-    capture_sqlite,
     check_sqlite_copy,
+    copy_sqlite,
+    describe_copy,
     install_file,
     is_sqlite_file,
+    page_size_of,
     restore_sqlite_into,
     select_files,
 )
@@ -251,10 +254,17 @@ def _store_one(repository: Repository, writer, item: SelectedFile, settings: Set
     except OSError as error:
         raise SourceError(f"cannot read {item.path}: {error.strerror or error}") from error
     if item.kind == "sqlite":
-        copy_path, info = capture_sqlite(item.path, scratch, quick_check_above=settings.quick_check_above)
+        copy_path, journal_mode = copy_sqlite(item.path, scratch)
         try:
-            chunk_size = max(info.page_size, settings.chunk_size // info.page_size * info.page_size)
-            size, digest, chunk_ids = _store_stream(writer, capture_file(copy_path, READ_PIECE), chunk_size, stats)
+            page_size = page_size_of(copy_path)
+            chunk_size = max(page_size, settings.chunk_size // page_size * page_size)
+            # The integrity check runs inside SQLite without the GIL: it checks the
+            # copy on one core while the copy is chunked and stored on the other.
+            # Nothing stored is referenced unless the check passes.
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dbkeep-check") as checker:
+                described = checker.submit(describe_copy, item.path, copy_path, journal_mode=journal_mode, quick_check_above=settings.quick_check_above)
+                size, digest, chunk_ids = _store_stream(writer, capture_file(copy_path, READ_PIECE), chunk_size, stats)
+                info = described.result()
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(copy_path)
@@ -299,36 +309,65 @@ def _store_server(writer, database: DatabaseConfig, stats: _Counter) -> FileEntr
     )
 
 
-def _fixed_chunks(pieces: Iterable[bytes], chunk_size: int) -> Iterator[bytes]:
-    buffer = bytearray()
+def _fixed_chunks(pieces: Iterable[bytes], chunk_size: int) -> Iterator[list[memoryview]]:
+    """Cut the stream into ``chunk_size`` chunks, a batch per piece, without copying them.
+
+    Views into the (immutable) pieces are enough: a new chunk's bytes are joined
+    into its frame, a known chunk's bytes are dropped.
+    """
+    carry = b""
     for piece in pieces:
-        buffer += piece
-        while len(buffer) >= chunk_size:
-            yield bytes(buffer[:chunk_size])
-            del buffer[:chunk_size]
-    if buffer:
-        yield bytes(buffer)
+        if carry:
+            piece = carry + piece
+        usable = len(piece) - len(piece) % chunk_size
+        view = memoryview(piece)
+        yield [view[start : start + chunk_size] for start in range(0, usable, chunk_size)]
+        carry = bytes(view[usable:])
+    if carry:
+        yield [memoryview(carry)]
+
+
+def _batched(chunks: Iterable[bytes]) -> Iterator[list[bytes]]:
+    batch: list[bytes] = []
+    batch_bytes = 0
+    for chunk in chunks:
+        batch.append(chunk)
+        batch_bytes += len(chunk)
+        if batch_bytes >= READ_PIECE:
+            yield batch
+            batch, batch_bytes = [], 0
+    if batch:
+        yield batch
 
 
 def _store_stream(
     writer, pieces: Iterable[bytes], chunk_size: int, stats: _Counter, *, chunker: Callable[[Iterable[bytes]], Iterable[bytes]] | None = None
 ) -> tuple[int, str, list[str]]:
+    """Store a stream as chunks; returns (size, whole-stream SHA-256, chunk ids in order).
+
+    The SHA-256 is taken over the stream exactly as read, before any chunking,
+    so it is independent of how chunks are cut and stored.
+    """
     whole = hashlib.sha256()
-    size = 0
+    counted = _Counter()
+
+    def hashed(source: Iterable[bytes]) -> Iterator[bytes]:
+        for piece in source:
+            whole.update(piece)
+            counted.logical_bytes += len(piece)
+            yield piece
+
     chunk_ids: list[str] = []
-    for chunk in chunker(pieces) if chunker else _fixed_chunks(pieces, chunk_size):
-        whole.update(chunk)
-        size += len(chunk)
-        chunk_id = writer.chunk_id(chunk)
-        chunk_ids.append(chunk_id)
-        progress.advance(len(chunk))
-        if writer.add(chunk_id, chunk):
-            stats.new_chunks += 1
-            stats.new_bytes += len(chunk)
-        else:
-            stats.reused_chunks += 1
-    stats.logical_bytes += size
-    return size, whole.hexdigest(), chunk_ids
+    batches = _batched(chunker(hashed(pieces))) if chunker else _fixed_chunks(hashed(pieces), chunk_size)
+    for batch in batches:
+        ids, new_chunks, new_bytes = writer.add_chunks(batch)
+        chunk_ids += ids
+        stats.new_chunks += new_chunks
+        stats.new_bytes += new_bytes
+        stats.reused_chunks += len(ids) - new_chunks
+        progress.advance(sum(len(chunk) for chunk in batch))
+    stats.logical_bytes += counted.logical_bytes
+    return counted.logical_bytes, whole.hexdigest(), chunk_ids
 
 
 # -- list / find ---------------------------------------------------------------------

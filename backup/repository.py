@@ -26,7 +26,9 @@ import dataclasses
 import hashlib
 import json
 import secrets
+import threading
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,6 +64,12 @@ CHUNK_LIST_FANOUT = 16
 CHUNK_TREE_FANOUT = 64
 #: Decompressed frames kept for reads: leaf lists and data chunks live in different frames.
 FRAME_CACHE_FRAMES = 8
+#: Frames handed to the compressing thread and not yet placed in a pack; bounds
+#: the memory a backup holds (each is at most FRAME_TARGET_BYTES plus one chunk).
+FRAMES_IN_FLIGHT = 8
+#: Threads compressing frames: zstd at level 3 is slower than hashing the same
+#: bytes, so two keep up with one reading thread.
+FRAME_WORKERS = 2
 READAHEAD_MIN = 256 * 1024
 READAHEAD_MAX = 8 * 1024 * 1024
 #: No config or index file dbkeep writes comes near these sizes (an index file of
@@ -640,14 +648,16 @@ class ChunkWriter:
         #: Every pack this writer published, with its entries (prune's repack needs them).
         self.packs_written: dict[str, tuple[int, list[PackEntry]]] = {}
         config = repository.config
-        self._compressor = (
-            zstandard.ZstdCompressor(level=config.compression_level, write_content_size=True)
-            if config.compression == "zstd"
-            else None
-        )
+        #: zstd level for frames closed from now on; 0 stores them raw.
+        self._level = config.compression_level if config.compression == "zstd" else 0
         self._pending: list[tuple[str, bytes]] = []
         self._pending_bytes = 0
         self._pending_ids: set[str] = set()
+        # Compression (and sealing) runs on worker threads: zstd and AES-GCM
+        # release the GIL, so it overlaps reading and hashing on the other cores.
+        # Frames are placed in the order they were closed, whichever worker built them.
+        self._executor: ThreadPoolExecutor | None = None
+        self._in_flight: collections.deque[Future[Frame]] = collections.deque()
         self._frames: list[tuple[int, Frame]] = []
         self._pack_bytes = 0
         self._written: dict[str, tuple[int, list[PackEntry]]] = {}
@@ -666,7 +676,7 @@ class ChunkWriter:
 
         Each frame records its own compression, so one repository holds both.
         """
-        self._compressor = zstandard.ZstdCompressor(level=level, write_content_size=True) if level > 0 else None
+        self._level = max(0, level)
 
     def add(self, chunk_id: str, data: bytes) -> bool:
         """Queue a chunk unless the repository has it; True if it was new."""
@@ -678,6 +688,22 @@ class ChunkWriter:
         if self._pending_bytes >= FRAME_TARGET_BYTES:
             self.close_frame()
         return True
+
+    def add_chunks(self, chunks: list[bytes] | list[memoryview]) -> tuple[list[str], int, int]:
+        """Store a batch of chunks in order; returns (their ids, how many were new, their bytes).
+
+        The batch form keeps the per-chunk work to a hash and a dictionary lookup,
+        which is what a 4 KiB chunk size can afford.
+        """
+        keyed = self.repository.keys
+        hash_of = keyed.chunk_id if keyed is not None else packformat.chunk_id_of
+        ids = [hash_of(chunk) for chunk in chunks]
+        new_chunks = new_bytes = 0
+        for chunk_id, chunk in zip(ids, chunks):
+            if self.add(chunk_id, chunk):
+                new_chunks += 1
+                new_bytes += len(chunk)
+        return ids, new_chunks, new_bytes
 
     def add_chunk_tree(self, chunk_ids: list[str]) -> tuple[list[str], int]:
         """Store a file's chunk ids as a chunk list tree; returns (the manifest's list ids, levels).
@@ -707,18 +733,38 @@ class ChunkWriter:
         return list_ids
 
     def close_frame(self) -> None:
-        """Compress the queued chunks as one frame; adjacent pages compress better together."""
+        """Compress the queued chunks as one frame; adjacent pages compress better together.
+
+        The frame is built on the worker thread; frames are placed into packs in
+        the order they were closed, as soon as they are ready.
+        """
         if not self._pending:
             return
-        frame = packformat.compress_frame(self._pending, self._compressor)
-        if self.repository.keys is not None:
-            frame = dataclasses.replace(frame, data=self.repository.seal_frame(frame.data))
-        self._frames.append((self._pack_bytes, frame))
-        self._pack_bytes += len(frame.data)
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=FRAME_WORKERS, thread_name_prefix="dbkeep-frames")
+        self._in_flight.append(self._executor.submit(self._build_frame, self._pending, self._level))
         self._pending = []
         self._pending_bytes = 0
-        if self._pack_bytes >= PACK_TARGET_BYTES:
-            self._write_pack()
+        self._place_ready_frames(wait_for_all=False)
+
+    def _build_frame(self, chunks: list[tuple[str, bytes]], level: int) -> Frame:
+        frame = packformat.compress_frame(chunks, _thread_compressor(level))
+        if self.repository.keys is not None:
+            frame = dataclasses.replace(frame, data=self.repository.seal_frame(frame.data))
+        return frame
+
+    def _place_ready_frames(self, *, wait_for_all: bool) -> None:
+        """Move finished frames, oldest first, into the pack being assembled.
+
+        Waits for the oldest frame while more than FRAMES_IN_FLIGHT are queued
+        (or for every frame when ``wait_for_all``); a worker's exception is raised here.
+        """
+        while self._in_flight and (wait_for_all or self._in_flight[0].done() or len(self._in_flight) > FRAMES_IN_FLIGHT):
+            frame = self._in_flight.popleft().result()
+            self._frames.append((self._pack_bytes, frame))
+            self._pack_bytes += len(frame.data)
+            if self._pack_bytes >= PACK_TARGET_BYTES:
+                self._write_pack()
 
     def _write_pack(self) -> None:
         if not self._frames:
@@ -742,11 +788,38 @@ class ChunkWriter:
     def finish(self) -> None:
         """Make every queued chunk durable and indexed (data first, then the index)."""
         self.close_frame()
+        try:
+            self._place_ready_frames(wait_for_all=True)
+        finally:
+            self._stop_worker()
         self._write_pack()
         if self._written:
             self.repository._write_index(self._written)
             self._written = {}
         self._pending_ids.clear()
+
+    def _stop_worker(self) -> None:
+        if self._executor is not None:
+            for future in self._in_flight:
+                future.cancel()
+            self._in_flight.clear()
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+
+_compressors = threading.local()
+
+
+def _thread_compressor(level: int) -> zstandard.ZstdCompressor | None:
+    """This thread's compressor for ``level`` (a zstd compressor must not be shared by threads)."""
+    if level <= 0:
+        return None
+    cache = getattr(_compressors, "by_level", None)
+    if cache is None:
+        cache = _compressors.by_level = {}
+    if level not in cache:
+        cache[level] = zstandard.ZstdCompressor(level=level, write_content_size=True)
+    return cache[level]
 
 
 def open_local(path: Path) -> Repository:

@@ -11,8 +11,11 @@ from .selection import SQLITE_HEADER, SelectedFile, is_sqlite_file, select_files
 from .sqlite import (
     capture_sqlite,
     check_sqlite_copy,
+    copy_sqlite,
+    describe_copy,
     describe_sqlite,
     logical_dump_digest,
+    page_size_of,
     restore_sqlite_into,
 )
 
@@ -22,10 +25,13 @@ __all__ = [
     "capture_file",
     "capture_sqlite",
     "check_sqlite_copy",
+    "copy_sqlite",
+    "describe_copy",
     "describe_sqlite",
     "install_file",
     "is_sqlite_file",
     "logical_dump_digest",
+    "page_size_of",
     "restore_sqlite_into",
     "select_files",
 ]

@@ -69,6 +69,20 @@ def capture_sqlite(path: Path, scratch_directory: Path, *, quick_check_above: in
     file the caller removes) and what was found in it.
     Raises SourceError if the database cannot be read.
     """
+    copy_path, journal_mode = copy_sqlite(path, scratch_directory)
+    try:
+        return copy_path, describe_copy(path, copy_path, journal_mode=journal_mode, quick_check_above=quick_check_above)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(copy_path)
+        raise
+
+
+def copy_sqlite(path: Path, scratch_directory: Path) -> tuple[Path, str]:
+    """The consistent copy alone: (its private temp path, the source's journal mode).
+
+    Split from the description so a caller can check the copy while it stores it.
+    """
     try:
         descriptor, copy_path = fsio.create_temp(scratch_directory)
         os.close(descriptor)
@@ -82,7 +96,6 @@ def capture_sqlite(path: Path, scratch_directory: Path, *, quick_check_above: in
                 # One step (pages=-1) holds a single read transaction for the whole
                 # copy: that is what makes it a consistent snapshot.
                 source.backup(copy, pages=-1, progress=_give_up_after(LOCKED_DEADLINE_SECONDS))
-        info = describe_sqlite(copy_path, journal_mode=journal_mode, quick_check_above=quick_check_above)
     except (sqlite3.Error, _StillLocked) as error:
         with contextlib.suppress(OSError):
             os.unlink(copy_path)
@@ -95,7 +108,27 @@ def capture_sqlite(path: Path, scratch_directory: Path, *, quick_check_above: in
             os.unlink(copy_path)
         raise
     _remove_sidecars(copy_path)
-    return copy_path, info
+    return Path(copy_path), journal_mode
+
+
+def describe_copy(source: Path, copy_path: Path, *, journal_mode: str, quick_check_above: int) -> SQLiteInfo:
+    """describe_sqlite on a captured copy of ``source``; SourceError names the source."""
+    try:
+        return describe_sqlite(copy_path, journal_mode=journal_mode, quick_check_above=quick_check_above)
+    except sqlite3.Error as error:
+        raise SourceError(f"cannot back up SQLite database {source}: {error}") from error
+    finally:
+        _remove_sidecars(copy_path)
+
+
+def page_size_of(path: Path) -> int:
+    """The page size from a database file's header (bytes 16-17; 1 means 65536)."""
+    with open(path, "rb") as handle:
+        header = handle.read(100)
+    if len(header) < 100:
+        return 4096  # an empty database: SQLite's default
+    value = int.from_bytes(header[16:18], "big")
+    return 65536 if value == 1 else value or 4096
 
 
 def _open_source(path: Path) -> sqlite3.Connection:
