@@ -101,6 +101,26 @@ class ServerInfo:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SourceStamp:
+    """What the file system said about a source whose capture it fully determines.
+
+    Recorded only when the stamp was the same before and after the capture and
+    old enough that a later write must change it; a later backup that finds the
+    same stamp reuses the entry instead of capturing again (sources/stamps.py).
+    ``wal`` is the SHA-256 of a SQLite database's ``-wal`` file, None when there is
+    none or it is empty (opening a database changes the WAL's ctime, so its
+    content is what is compared).
+    """
+
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    wal: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class FileEntry:
     """One file of a snapshot: where it was, what it was, and its chunk lists.
 
@@ -120,6 +140,8 @@ class FileEntry:
     server: ServerInfo | None = None
     #: Depth of the chunk list tree ``chunk_lists`` start: 1 means they hold data chunk ids.
     chunk_list_levels: int = 1
+    #: The source's file-system stamp at capture, when it can vouch for the content.
+    source: SourceStamp | None = None
 
     @property
     def is_sqlite(self) -> bool:
@@ -193,6 +215,10 @@ def _file_body(entry: FileEntry) -> dict[str, Any]:
         del body["server"]
     if entry.chunk_list_levels == 1:
         del body["chunk_list_levels"]  # the default; older manifests never carry it
+    if entry.source is None:
+        del body["source"]
+    elif entry.source.wal is None:
+        del body["source"]["wal"]
     return body
 
 
@@ -283,7 +309,31 @@ def _file_from_body(item: object) -> FileEntry:
         sqlite=sqlite,
         server=server,
         chunk_list_levels=levels,
+        source=_source_from_body(item["source"]) if item.get("source") is not None else None,
     )
+
+
+def _source_from_body(body: object) -> SourceStamp:
+    if not isinstance(body, dict):
+        raise CorruptManifest("source stamp is not an object")
+    wal = body.get("wal")
+    if wal is not None:
+        wal = check_id(wal, "WAL SHA-256")
+    return SourceStamp(
+        device=_unsigned64(body, "device"),
+        inode=_unsigned64(body, "inode"),
+        size=_count(body, "size"),
+        mtime_ns=_require(body, "mtime_ns", int),
+        ctime_ns=_require(body, "ctime_ns", int),
+        wal=wal,
+    )
+
+
+def _unsigned64(mapping: Mapping[str, Any], key: str) -> int:
+    value = _require(mapping, key, int)
+    if not 0 <= value < 2**64:
+        raise CorruptManifest(f"field {key!r} is out of range: {value}")
+    return value
 
 
 def _server_from_body(body: object) -> ServerInfo:

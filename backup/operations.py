@@ -58,6 +58,7 @@ from .sources import (
     select_files,
 )
 from .sources.plainfile import move_aside_sidecars
+from .sources.stamps import is_settled, stamp_of
 from .sources.server import DatabaseConfig, DrillResult, capture_database
 from .storage import describe_os_error, open_storage
 from .verification import Problem, VerifyReport, verify_repository
@@ -91,6 +92,8 @@ class BackupReport:
     snapshot: Snapshot
     warnings: tuple[str, ...] = ()
     verification: VerifyReport | None = None
+    #: Paths whose previous capture was reused because their settled stamp was unchanged.
+    unchanged: tuple[str, ...] = ()
 
     @property
     def stats(self) -> SnapshotStats:
@@ -117,10 +120,11 @@ def create_backup(
     with locking.acquire(repository.storage, exclusive=True, purpose=f"backup ({tag})", wait=settings.lock_wait) as lock:
         databases = _select_databases(settings, paths)
         selected = _select(settings, paths, databases)
-        snapshot = _create_locked(repository, lock, settings, selected, root=settings.root, tag=tag, note=note, now=now, databases=databases)
+        unchanged: list[str] = []
+        snapshot = _create_locked(repository, lock, settings, selected, root=settings.root, tag=tag, note=note, now=now, databases=databases, unchanged=unchanged)
         warnings = tuple(lock.broken)
         verification = verify_repository(repository, snapshot_ids=[snapshot.id], read_data=True) if verify else None
-    return BackupReport(snapshot=snapshot, warnings=warnings, verification=verification)
+    return BackupReport(snapshot=snapshot, warnings=warnings, verification=verification, unchanged=tuple(unchanged))
 
 
 def create_safety_backup(settings: Settings, *, reason: str = "safety", paths: Sequence[str] | None = None) -> BackupReport:
@@ -187,7 +191,9 @@ def _create_locked(
     note: str,
     now: datetime | None,
     databases: Sequence[DatabaseConfig] = (),
+    unchanged: list[str] | None = None,
 ) -> Snapshot:
+    """Store ``selected`` and ``databases`` and publish their snapshot; appends reused paths to ``unchanged``."""
     started = time.monotonic()
     moment = now or _utc_now()
     scratch = settings.scratch_directory
@@ -200,9 +206,13 @@ def _create_locked(
     writer.set_compression_level(settings.compression_level)
     entries: list[FileEntry] = []
     stats = _Counter()
+    previous = _previous_entries(repository, root) if settings.reuse_unchanged else {}
     progress.begin("safety snapshot" if tag == "safety" else "backup", sum(_size_or_zero(item.path) for item in selected))
     for item in selected:
-        entries.append(_store_one(repository, writer, item, settings, scratch, stats))
+        entry = _reuse_unchanged(repository, writer, item, previous.get(item.relative), stats)
+        if entry is not None and unchanged is not None:
+            unchanged.append(item.relative)
+        entries.append(entry or _store_one(repository, writer, item, settings, scratch, stats))
     for database in databases:
         entries.append(_store_server(writer, database, stats))
     writer.finish()
@@ -248,13 +258,66 @@ class _Counter:
     new_bytes: int = 0
 
 
+#: How many of the newest snapshots are searched for a path's previous capture.
+PREVIOUS_SNAPSHOTS_SEARCHED = 3
+
+
+def _previous_entries(repository: Repository, root: Path) -> dict[str, FileEntry]:
+    """Path -> the newest stamped entry this host recorded for this root, from the newest snapshots.
+
+    A manifest that cannot be read is passed over: reuse is an optimisation,
+    and without it the source is simply captured again.
+    """
+    found: dict[str, FileEntry] = {}
+    host = host_name()
+    for snapshot_id in reversed(repository.snapshot_ids()[-PREVIOUS_SNAPSHOTS_SEARCHED:]):
+        try:
+            snapshot = repository.load_snapshot(snapshot_id)
+        except CorruptData:
+            continue
+        if snapshot.host != host or snapshot.root != str(root):
+            continue
+        for entry in snapshot.files:
+            if entry.source is not None:
+                found.setdefault(entry.path, entry)
+    return found
+
+
+def _reuse_unchanged(repository: Repository, writer, item: SelectedFile, previous: FileEntry | None, stats: _Counter) -> FileEntry | None:
+    """The previous capture of ``item`` if its settled stamp still matches and its chunks are all stored.
+
+    Checking the chunks keeps the rule that a new backup stands on its own: a
+    capture whose pack was lost is not reused but stored again.
+    """
+    if previous is None or previous.kind != item.kind:
+        return None
+    if stamp_of(item.path, sqlite=item.kind == "sqlite") != previous.source:
+        return None
+    list_ids: set[str] = set()
+    try:
+        chunk_ids = list(repository.chunk_ids_of(previous.chunk_lists, levels=previous.chunk_list_levels, list_ids=list_ids))
+    except CorruptData:
+        return None
+    if len(chunk_ids) != previous.chunk_count or not all(writer.has(chunk_id) for chunk_id in (*list_ids, *chunk_ids)):
+        return None
+    stats.reused_chunks += len(chunk_ids)
+    stats.logical_bytes += previous.size
+    progress.advance(previous.size)
+    return previous
+
+
 def _store_one(repository: Repository, writer, item: SelectedFile, settings: Settings, scratch: Path, stats: _Counter) -> FileEntry:
+    captured_at = time.time_ns()
+    stamp = stamp_of(item.path, sqlite=item.kind == "sqlite")
     try:
         status = item.path.stat()
     except OSError as error:
         raise SourceError(f"cannot read {item.path}: {error.strerror or error}") from error
     if item.kind == "sqlite":
         copy_path, journal_mode = copy_sqlite(item.path, scratch)
+        # The stamp vouches for this capture only if nothing moved while it was taken.
+        if stamp != stamp_of(item.path, sqlite=True):
+            stamp = None
         try:
             page_size = page_size_of(copy_path)
             chunk_size = max(page_size, settings.chunk_size // page_size * page_size)
@@ -273,6 +336,8 @@ def _store_one(repository: Repository, writer, item: SelectedFile, settings: Set
     else:
         info = None
         size, digest, chunk_ids = _store_stream(writer, capture_file(item.path, READ_PIECE), settings.chunk_size, stats)
+        if stamp != stamp_of(item.path, sqlite=False):
+            stamp = None
     chunk_lists, levels = writer.add_chunk_tree(chunk_ids)
     return FileEntry(
         path=item.relative,
@@ -285,6 +350,7 @@ def _store_one(repository: Repository, writer, item: SelectedFile, settings: Set
         chunk_count=len(chunk_ids),
         chunk_list_levels=levels,
         sqlite=info,
+        source=stamp if stamp is not None and is_settled(stamp, captured_at) else None,
     )
 
 

@@ -218,13 +218,18 @@ def backup_table(report) -> str:
         verification = report.verification
         pairs.append(("verified", "ok, every byte re-read" if verification.ok else f"FAILED: {len(verification.problems)} problems"))
     files = table(
-        [(entry.path, entry.kind, human_size(entry.size), entry.sqlite.integrity if entry.sqlite else "n/a") for entry in snapshot.files],
+        [(entry.path, entry.kind, human_size(entry.size), _integrity_cell(entry, report.unchanged)) for entry in snapshot.files],
         ["file", "kind", "size", "integrity"],
     )
     text = fields(pairs) + "\n\n" + files
     if report.verification is not None and not report.verification.ok:
         text += "\n\n" + problems_table(report.verification.problems)
     return text
+
+
+def _integrity_cell(entry, unchanged: tuple[str, ...]) -> str:
+    result = entry.sqlite.integrity if entry.sqlite else "n/a"
+    return f"{result} (unchanged, not read again)" if entry.path in unchanged else result
 
 
 def backup_json(report) -> dict[str, Any]:
@@ -239,6 +244,7 @@ def backup_json(report) -> dict[str, Any]:
         ],
         "verification": verify_json(report.verification) if report.verification is not None else None,
         "warnings": list(report.warnings),
+        "unchanged": list(report.unchanged),
     }
 
 

@@ -47,6 +47,9 @@ class Settings:
     databases: tuple[DatabaseConfig, ...] = ()
     #: "none" or "aes-256-gcm": used when the repository is created, then required.
     encryption: str = "none"
+    #: Reuse the previous capture of a source whose settled file-system stamp is
+    #: unchanged (sources/stamps.py); False reads every database on every backup.
+    reuse_unchanged: bool = True
 
     @property
     def scratch_directory(self) -> Path:
@@ -147,6 +150,18 @@ def _databases(value: Any) -> tuple[DatabaseConfig, ...]:
     if duplicates:
         raise ValueError(f"unique names; give each of {', '.join(duplicates)} its own 'name'")
     return tuple(parsed)
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "yes", "1", "on"):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("false", "no", "0", "off"):
+        return False
+    raise ValueError("true or false")
+
+
 def _encryption(value: Any) -> str:
     if value in ("none", False, None):
         return "none"
@@ -167,6 +182,7 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "lock_wait": _non_negative_float,
     "databases": _databases,
     "encryption": _encryption,
+    "reuse_unchanged": _boolean,
 }
 
 
@@ -222,6 +238,7 @@ def config_defaults() -> dict[str, Any]:
         "quick_check_above": str(GIB),
         "lock_wait": str(DEFAULT_LOCK_WAIT),
         "encryption": "none",
+        "reuse_unchanged": "true",
     }
 
 

@@ -206,14 +206,15 @@ def _percentage(flag: str, value: str | None, default: float) -> float:
         "note": "free text stored with the snapshot",
         "verify": "re-read every byte of the new snapshot after writing it (like verify --read-data)",
         "compress": "compress new chunks at backup.compression_level (default); --no-compress stores them raw",
+        "full": "read every database again, even those whose file is unchanged since the last backup",
         "root": ROOT_HELP,
         "json": JSON_HELP,
     },
 )
-def create(c, tag="manual", note="", verify=False, compress=True, root=None, json=False):
+def create(c, tag="manual", note="", verify=False, compress=True, full=False, root=None, json=False):
     """Back up the project's databases as a snapshot."""
     with _reporting_errors("backup.create", json):
-        settings = settings_for(c, root, compression_level=None if compress else 0)
+        settings = settings_for(c, root, compression_level=None if compress else 0, reuse_unchanged=False if full else None)
         with _progress(json):
             report = create_backup(settings, tag=tag, note=note, verify=verify)
         for warning in report.warnings:

@@ -92,3 +92,23 @@ def test_manifest_round_trips_through_json(settings):
     snapshot = create_backup(settings, tag="daily", note="ünïcødé").snapshot
 
     assert Snapshot.from_json(snapshot.to_json()) == snapshot
+
+
+def test_source_stamps_round_trip_and_hostile_ones_are_refused(settings):
+    from dataclasses import replace
+
+    from backup.manifest import SourceStamp
+
+    snapshot = create_backup(settings).snapshot
+    stamped = replace(snapshot, files=tuple(replace(entry, source=SourceStamp(device=2**63, inode=7, size=entry.size, mtime_ns=-5, ctime_ns=9, wal="ab" * 32)) for entry in snapshot.files))
+    assert Snapshot.from_json(stamped.to_json()) == stamped
+    body = unseal(stamped.to_json(), kind="snapshot")
+    for field, value in [("device", -1), ("inode", 2**64), ("size", "1"), ("mtime_ns", 1.5), ("wal", "../x"), ("wal", 12)]:
+        broken = json.loads(json.dumps(body))
+        broken["files"][0]["source"][field] = value
+        with pytest.raises(CorruptManifest):
+            Snapshot.from_json(seal(broken, kind="snapshot"))
+    broken = json.loads(json.dumps(body))
+    broken["files"][0]["source"] = [1, 2]
+    with pytest.raises(CorruptManifest, match="source stamp is not an object"):
+        Snapshot.from_json(seal(broken, kind="snapshot"))

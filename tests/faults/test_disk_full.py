@@ -208,6 +208,10 @@ def test_restore_whose_safety_snapshot_does_not_fit_leaves_the_live_database_unt
             ("sh", f"mount -t tmpfs -o size=14m,mode=0700 tmpfs {_quote(str(project.repository))}"),
             ("sh", f"cp -a {_quote(str(live))} {_quote(str(tmp_path / 'old.db'))}"),
             ("child", project.spec("create")),
+            # A new ctime (content and mtime kept) makes the safety snapshot capture
+            # the database again instead of reusing the unchanged capture: the copy
+            # needs scratch space the full repository does not have.
+            ("sh", f"chmod 0644 {_quote(str(live))}"),
             ("child", project.spec("restore", snapshot="latest", force=True)),
             ("child", inspect),
             ("sh", f"mount -o remount,size=64m {_quote(str(project.repository))}"),
