@@ -603,3 +603,12 @@ def test_progress_appears_on_a_terminal_and_never_with_json(project: Path) -> No
 def test_progress_stays_off_when_stderr_is_not_a_terminal(project: Path) -> None:
     result = dbkeep("backup.create", cwd=project, env={"DBKEEP_PROGRESS_AFTER": "0"})
     assert result.returncode == 0 and result.stderr == ""
+
+
+def test_backup_full_reads_every_database_again(project: Path) -> None:
+    result = dbkeep("backup.create", "--full", "--json", cwd=project)
+
+    document = parse_json(result)
+    assert result.returncode == 0, result.stderr
+    assert document["unchanged"] == []
+    assert document["stats"]["logical_bytes"] > 0
