@@ -13,7 +13,7 @@ Layout under the repository location (docs/format.md has the bytes):
     keys/<key-id>           encrypted repositories: the master key wrapped per passphrase
     snapshots/<id>.json     sealed manifest; its appearance is the commit point
     packs/<xx>/<pack-id>    frames of chunks with a trailing header
-    index/<index-id>        JSON: pack -> chunk locations; named by its SHA-256
+    index/<index-id>        pack -> chunk locations (zstd-compressed rows); named by its SHA-256
     locks/                  lock records
     tmp/                    scratch space for captures and restores (private)
 """
@@ -24,8 +24,10 @@ import collections
 import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import secrets
+import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +71,8 @@ READAHEAD_MAX = 8 * 1024 * 1024
 #: before it is read into memory.
 MAX_CONFIG_BYTES = 1024 * 1024
 MAX_INDEX_BYTES = 1024**3
+#: zstd level of index files: they are small, and written once per backup.
+INDEX_COMPRESSION_LEVEL = 3
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -167,20 +171,41 @@ def _get_bounded(storage: Storage, name: str, limit: int, error: type[CorruptDat
     return storage.get(name)
 
 
+#: Index files of version 2 start with this magic; version 1 files are JSON (start with "{").
+INDEX_MAGIC = b"DBKINDX2"
+#: One row of a version 2 index: pack id, pack size, then a pack header entry.
+INDEX_ROW = struct.Struct("<32sQ" + packformat.ENTRY.format[1:])
+#: A genuine row holds two random 32-byte ids and compresses to no less than about
+#: 35 bytes; an index that claims to grow more than this many times is damage (a bomb).
+MAX_INDEX_EXPANSION = 16
+
+
 def encode_index(packs: dict[str, tuple[int, list[PackEntry]]]) -> bytes:
-    body = {
-        "format": "dbkeep-index",
-        "version": FORMAT_VERSION,
-        "packs": [
-            {"id": pack_id, "size": size, "chunks": [entry.to_row() for entry in sorted(entries, key=_pack_order)]}
-            for pack_id, (size, entries) in sorted(packs.items())
-        ],
-    }
-    return json.dumps(body, separators=(",", ":")).encode() + b"\n"
+    """An index file (version 2): magic, then one zstd frame of fixed-size rows.
+
+    Rows are sorted by pack id and, within a pack, in pack order, so the same
+    packs always give the same bytes (and so the same name).
+    """
+    rows = bytearray()
+    for pack_id, (size, entries) in sorted(packs.items()):
+        raw_pack_id = bytes.fromhex(pack_id)
+        for entry in sorted(entries, key=_pack_order):
+            rows += INDEX_ROW.pack(
+                raw_pack_id,
+                size,
+                bytes.fromhex(entry.chunk_id),
+                entry.frame_offset,
+                entry.frame_length,
+                entry.offset_in_frame,
+                entry.length,
+                entry.compression,
+            )
+    compressed = zstandard.ZstdCompressor(level=INDEX_COMPRESSION_LEVEL, write_content_size=True).compress(bytes(rows))
+    return INDEX_MAGIC + compressed
 
 
 def decode_index(data: bytes, name: str, *, verify_name: bool = True) -> dict[str, tuple[int, list[PackEntry]]]:
-    """Parse one index file; raises CorruptIndex if it is damaged in any way.
+    """Parse one index file (version 2, or version 1 JSON); raises CorruptIndex if it is damaged in any way.
 
     ``verify_name=False`` when the caller already checked the stored (sealed)
     bytes against the name and passes the opened plaintext.
@@ -188,20 +213,67 @@ def decode_index(data: bytes, name: str, *, verify_name: bool = True) -> dict[st
     if verify_name and hashlib.sha256(data).hexdigest() != name.rsplit("/", 1)[-1]:
         raise CorruptIndex(f"index file {name} does not hash to its name: it was damaged")
     try:
-        body = json.loads(data)
-        if body.get("format") != "dbkeep-index" or body.get("version") != FORMAT_VERSION:
-            raise CorruptIndex(f"index file {name} is not a supported dbkeep index")
-        result: dict[str, tuple[int, list[PackEntry]]] = {}
-        for item in body["packs"]:
-            size = item["size"]
-            if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= packformat.MAX_PACK_BYTES:
-                raise CorruptIndex(f"index file {name} has a bad pack size")
-            result[check_id(item["id"], "pack id")] = (size, [PackEntry.from_row(row) for row in item["chunks"]])
-        return result
+        if data.startswith(INDEX_MAGIC):
+            return _decode_index_rows(data[len(INDEX_MAGIC) :], name)
+        if data.startswith(INDEX_MAGIC[:-1]):
+            raise CorruptIndex(f"index file {name} is of version {data[len(INDEX_MAGIC) - 1 : len(INDEX_MAGIC)]!r}, which this dbkeep cannot read; upgrade dbkeep")
+        return _decode_json_index(data, name)
     except CorruptIndex:
         raise
     except (CorruptPack, ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
         raise CorruptIndex(f"index file {name} does not match the format: {type(error).__name__}: {str(error)[:200]}") from error
+
+
+def _decode_index_rows(compressed: bytes, name: str) -> dict[str, tuple[int, list[PackEntry]]]:
+    limit = min(MAX_INDEX_BYTES, MAX_INDEX_EXPANSION * len(compressed) + 4096)
+    try:
+        declared = zstandard.frame_content_size(compressed)
+        if declared < 0:
+            raise CorruptIndex(f"index file {name} does not declare the size of its rows: it is damaged")
+        if declared > limit:
+            raise CorruptIndex(f"index file {name} claims {declared} bytes of rows, more than {limit} could hold: it is damaged")
+        # The declared size is checked, not trusted: decompression stops past it.
+        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(compressed), read_across_frames=False) as reader:
+            rows = reader.read(declared + 1)
+    except zstandard.ZstdError as error:
+        raise CorruptIndex(f"index file {name} does not decompress: {str(error)[:200]}") from error
+    if len(rows) != declared:
+        raise CorruptIndex(f"index file {name} decompresses to {len(rows)} bytes, not the {declared} its frame declares: it is damaged")
+    if len(rows) % INDEX_ROW.size:
+        raise CorruptIndex(f"index file {name} is not a whole number of {INDEX_ROW.size}-byte rows: it is damaged")
+    result: dict[str, tuple[int, list[PackEntry]]] = {}
+    for raw_pack_id, size, raw_chunk_id, frame_offset, frame_length, offset_in_frame, length, compression in INDEX_ROW.iter_unpack(rows):
+        pack_id = raw_pack_id.hex()
+        if not 0 <= size <= packformat.MAX_PACK_BYTES:
+            raise CorruptIndex(f"index file {name} has a bad pack size")
+        entry = PackEntry(
+            chunk_id=raw_chunk_id.hex(),
+            frame_offset=frame_offset,
+            frame_length=frame_length,
+            offset_in_frame=offset_in_frame,
+            length=length,
+            compression=compression,
+        )
+        entry.check_bounds()
+        known = result.setdefault(pack_id, (size, []))
+        if known[0] != size:
+            raise CorruptIndex(f"index file {name} gives pack {pack_id} two sizes: it is damaged")
+        known[1].append(entry)
+    return result
+
+
+def _decode_json_index(data: bytes, name: str) -> dict[str, tuple[int, list[PackEntry]]]:
+    """An index file of version 1 (JSON), as written before version 2; still read."""
+    body = json.loads(data)
+    if body.get("format") != "dbkeep-index" or body.get("version") != 1:
+        raise CorruptIndex(f"index file {name} is not a supported dbkeep index")
+    result: dict[str, tuple[int, list[PackEntry]]] = {}
+    for item in body["packs"]:
+        size = item["size"]
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= packformat.MAX_PACK_BYTES:
+            raise CorruptIndex(f"index file {name} has a bad pack size")
+        result[check_id(item["id"], "pack id")] = (size, [PackEntry.from_row(row) for row in item["chunks"]])
+    return result
 
 
 class Repository:
