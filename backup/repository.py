@@ -56,14 +56,25 @@ FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 FOLDERS = ("snapshots", "packs", "index", "locks")
 PACK_TARGET_BYTES = 16 * 1024 * 1024
-FRAME_TARGET_BYTES = 128 * 1024
+#: A frame of consecutive new chunks closes once it holds this much (docs/format.md,
+#: "Packs", says why 4 MiB): a first backup compresses in frames this large.
+FRAME_TARGET_BYTES = 4 * 1024 * 1024
+#: A frame closes at this size instead when the next new chunk does not directly
+#: follow the last one (a chunk already stored came between): pages changed here and
+#: there go in small frames, so reading one of them later decompresses little.
+SCATTERED_FRAME_BYTES = 128 * 1024
 #: How many data chunk ids one leaf chunk list holds; a changed chunk rewrites one
 #: leaf (512 bytes) and the lists above it, so the lists a backup adds follow the change.
 CHUNK_LIST_FANOUT = 16
 #: How many list ids a list above the leaves holds, and the most the manifest lists.
 CHUNK_TREE_FANOUT = 64
-#: Decompressed frames kept for reads: leaf lists and data chunks live in different frames.
-FRAME_CACHE_FRAMES = 8
+#: Decompressed frames kept for reads, up to this many bytes: a restore reads from
+#: a leaf list frame and a data frame of FRAME_TARGET_BYTES at once, and after
+#: incremental backups from their small frames of scattered chunks as well.
+FRAME_CACHE_BYTES = 12 * 1024 * 1024
+#: Chunks read together by ``read_chunks``: each frame they need is decompressed once.
+READ_BATCH_BYTES = 8 * 1024 * 1024
+READ_BATCH_CHUNKS = 16384
 READAHEAD_MIN = 256 * 1024
 READAHEAD_MAX = 8 * 1024 * 1024
 #: No config or index file dbkeep writes comes near these sizes (an index file of
@@ -286,6 +297,7 @@ class Repository:
         self.keys = keys
         self._index: Index | None = None
         self._frame_cache: collections.OrderedDict[tuple[str, int], bytes] = collections.OrderedDict()
+        self._frame_cache_bytes = 0
         #: Read-ahead window (pack id, offset, bytes): sequential frame reads become
         #: one large ranged read instead of one request per frame (S3 latency).
         #: Two windows, so reading a chunk list between data frames keeps the data window.
@@ -570,8 +582,9 @@ class Repository:
             data = self.keys.open(data, self._aad("frame"), f"frame at offset {entry.frame_offset} of pack {pack_id}")
         frame = packformat.decompress_frame(data, entry.compression)
         self._frame_cache[key] = frame
-        if len(self._frame_cache) > FRAME_CACHE_FRAMES:
-            self._frame_cache.popitem(last=False)
+        self._frame_cache_bytes += len(frame)
+        while self._frame_cache_bytes > FRAME_CACHE_BYTES and len(self._frame_cache) > 1:
+            self._frame_cache_bytes -= len(self._frame_cache.popitem(last=False)[1])
         return frame
 
     def _read_pack_range(self, pack_id: str, offset: int, length: int) -> bytes:
@@ -619,7 +632,8 @@ class Repository:
             data = frame[entry.offset_in_frame : entry.offset_in_frame + entry.length]
             if len(data) == entry.length and self.chunk_id(data) == chunk_id:
                 return data
-            self._frame_cache.pop((location.pack_id, entry.frame_offset), None)
+            dropped = self._frame_cache.pop((location.pack_id, entry.frame_offset), None)
+            self._frame_cache_bytes -= len(dropped) if dropped is not None else 0
             if self.keys is not None:
                 failures.append(AuthenticationFailed(f"chunk {chunk_id} in pack {location.pack_id} does not match its keyed id: the frame was swapped or moved"))
             else:
@@ -627,6 +641,48 @@ class Repository:
         if len(failures) == 1:
             raise failures[0]
         raise CorruptChunk(f"chunk {chunk_id}: no intact copy ({'; '.join(str(failure) for failure in failures)})")
+
+    def read_chunks(self, chunk_ids: Iterable[str]) -> Iterator[bytes]:
+        """The chunks' bytes in order, each hash-checked; raises as ``read_chunk`` does at the first bad one.
+
+        Reads a batch of up to READ_BATCH_BYTES of chunks at a time: every frame the
+        batch needs is read and decompressed once, in pack order, so chunks stored
+        out of file order (blocks moved inside a file) cost one decompression per
+        frame and batch instead of one per chunk. A chunk the batch could not read
+        intact is read again on its own, which tries every copy and names the damage.
+        """
+        batch: list[str] = []
+        batch_bytes = 0
+        for chunk_id in chunk_ids:
+            batch.append(chunk_id)
+            location = self.index().locations.get(chunk_id)
+            batch_bytes += location.entry.length if location is not None else 0
+            if batch_bytes >= READ_BATCH_BYTES or len(batch) >= READ_BATCH_CHUNKS:
+                yield from self._read_batch(batch)
+                batch, batch_bytes = [], 0
+        yield from self._read_batch(batch)
+
+    def _read_batch(self, chunk_ids: list[str]) -> Iterator[bytes]:
+        frames: dict[tuple[str, int], list[ChunkLocation]] = {}
+        for chunk_id in dict.fromkeys(chunk_ids):
+            location = self.index().locations.get(chunk_id)
+            if location is not None:
+                frames.setdefault((location.pack_id, location.entry.frame_offset), []).append(location)
+        found: dict[str, bytes] = {}
+        for key in sorted(frames):
+            locations = frames[key]
+            try:
+                frame = self.read_frame(locations[0].pack_id, locations[0].entry)
+            except CorruptData:
+                continue  # read_chunk below tries the other copies and reports the damage
+            for location in locations:
+                entry = location.entry
+                data = frame[entry.offset_in_frame : entry.offset_in_frame + entry.length]
+                if len(data) == entry.length and self.chunk_id(data) == entry.chunk_id:
+                    found[entry.chunk_id] = data
+        for chunk_id in chunk_ids:
+            data = found.get(chunk_id)
+            yield data if data is not None else self.read_chunk(chunk_id)
 
     def read_chunk_list(self, list_id: str) -> list[str]:
         """The ids one chunk list holds, in order (data chunk ids or, above the leaves, list ids)."""
@@ -654,8 +710,7 @@ class Repository:
                 yield from self.chunk_ids_of(ids, levels=levels - 1, list_ids=list_ids)
 
     def read_file_chunks(self, chunk_lists: Iterable[str], *, levels: int) -> Iterator[bytes]:
-        for chunk_id in self.chunk_ids_of(chunk_lists, levels=levels):
-            yield self.read_chunk(chunk_id)
+        yield from self.read_chunks(self.chunk_ids_of(chunk_lists, levels=levels))
 
     # -- snapshots ------------------------------------------------------------------
 
@@ -720,6 +775,7 @@ class ChunkWriter:
         self._pending: list[tuple[str, bytes]] = []
         self._pending_bytes = 0
         self._pending_ids: set[str] = set()
+        self._run_broken = False
         self._frames: list[tuple[int, Frame]] = []
         self._pack_bytes = 0
         self._written: dict[str, tuple[int, list[PackEntry]]] = {}
@@ -733,6 +789,17 @@ class ChunkWriter:
             return True
         return any(location.pack_id in self._usable_packs for location in self.index.all_locations(chunk_id))
 
+    def reuse(self, chunk_id: str) -> bool:
+        """True if the repository has the chunk, which then counts as reused in the stream.
+
+        Callers pass chunks in file order; a reused chunk breaks the run of new
+        ones, and a frame whose run broke closes early (SCATTERED_FRAME_BYTES).
+        """
+        if self.has(chunk_id):
+            self._run_broken = True
+            return True
+        return False
+
     def set_compression_level(self, level: int) -> None:
         """Compress frames closed from now on at ``level``; 0 stores them raw.
 
@@ -741,9 +808,15 @@ class ChunkWriter:
         self._compressor = zstandard.ZstdCompressor(level=level, write_content_size=True) if level > 0 else None
 
     def add(self, chunk_id: str, data: bytes) -> bool:
-        """Queue a chunk unless the repository has it; True if it was new."""
-        if self.has(chunk_id):
+        """Queue a chunk unless the repository has it; True if it was new.
+
+        Chunks are expected in file order (see ``reuse``).
+        """
+        if self.reuse(chunk_id):
             return False
+        if self._run_broken and self._pending_bytes >= SCATTERED_FRAME_BYTES:
+            self.close_frame()
+        self._run_broken = False
         self._pending.append((chunk_id, data))
         self._pending_ids.add(chunk_id)
         self._pending_bytes += len(data)

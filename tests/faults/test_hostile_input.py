@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import os
+import struct
 from functools import cache
 from pathlib import Path
 
@@ -231,10 +232,23 @@ def test_index_giving_one_pack_two_sizes_is_refused() -> None:
     assert decode_index(good, f"index/{hashlib.sha256(good).hexdigest()}") == {"ab" * 32: (100, [entry])}
 
 
+def _as_version_1_pack(pack: bytes) -> bytes:
+    """The same pack as dbkeep wrote before version 2: entries uncompressed, then count and DBKPACK1."""
+    entries = packformat.parse_pack(pack, "sample")
+    (stored,) = struct.unpack_from("<I", pack, len(pack) - packformat.TRAILER.size)
+    frames = pack[: len(pack) - packformat.TRAILER.size - stored]
+    header = b"".join(packformat.ENTRY.pack(bytes.fromhex(e.chunk_id), e.frame_offset, e.frame_length, e.offset_in_frame, e.length, e.compression) for e in entries)
+    return frames + header + packformat.TRAILER.pack(len(entries), packformat.MAGIC)
+
+
 @FUZZ
 @given(data=st.data())
 def test_damaged_pack_headers_parse_or_raise_corrupt_data(data) -> None:
     _directory, _manifest, _index, pack, _config = _sample_repository()
+    assert pack.endswith(packformat.MAGIC_COMPRESSED)
+    if data.draw(st.booleans()):
+        pack = _as_version_1_pack(pack)
+        assert packformat.parse_pack(pack, "v1") == packformat.parse_pack(_sample_repository()[3], "v2")
     damaged = bytearray(pack)
     region = data.draw(st.sampled_from(["trailer", "header", "anywhere"]))
     start = {"trailer": len(pack) - packformat.TRAILER.size, "header": max(0, len(pack) - 200), "anywhere": 0}[region]
@@ -251,6 +265,23 @@ def test_damaged_pack_headers_parse_or_raise_corrupt_data(data) -> None:
 def test_pack_trailers_claiming_any_entry_count_are_bounded(count: int, tail: bytes) -> None:
     data = tail + packformat.TRAILER.pack(count, packformat.MAGIC)
     _expect(lambda: packformat.parse_pack(data, "fuzzed"), backup.CorruptData)
+
+
+@FUZZ
+@given(length=st.integers(0, 2**32 - 1), tail=st.binary(max_size=200))
+def test_compressed_pack_trailers_claiming_any_header_length_are_bounded(length: int, tail: bytes) -> None:
+    data = tail + packformat.TRAILER.pack(length, packformat.MAGIC_COMPRESSED)
+    _expect(lambda: packformat.parse_pack(data, "fuzzed"), backup.CorruptData)
+
+
+@pytest.mark.parametrize("content_size", [True, False], ids=["declared-size", "undeclared-size"])
+def test_pack_header_decompression_bomb_is_refused_before_it_is_expanded(content_size: bool) -> None:
+    entries = bytes(packformat.ENTRY.size * (packformat.MAX_FRAME_BYTES // packformat.ENTRY.size))
+    header = zstandard.ZstdCompressor(level=1, write_content_size=content_size).compress(entries)
+    data = header + packformat.TRAILER.pack(len(header), packformat.MAGIC_COMPRESSED)
+    assert len(data) < 64 * 1024
+    with pytest.raises(backup.CorruptPack, match="declares"):
+        packformat.parse_pack(data, "bomb")
 
 
 @FUZZ
@@ -277,6 +308,21 @@ def decompression_bomb(gibibytes: int = 1) -> bytes:
 def test_decompression_bomb_stops_at_the_frame_limit() -> None:
     with pytest.raises(backup.CorruptChunk, match="more than"):
         packformat.decompress_frame(decompression_bomb(), packformat.COMPRESSION_ZSTD)
+
+
+def test_frame_declaring_more_than_the_limit_is_refused_before_it_is_expanded() -> None:
+    frame = zstandard.ZstdCompressor(level=1, write_content_size=True).compress(bytes(packformat.MAX_FRAME_BYTES + 1))
+    with pytest.raises(backup.CorruptChunk, match="more than"):
+        packformat.decompress_frame(frame, packformat.COMPRESSION_ZSTD)
+
+
+@pytest.mark.parametrize("claim", [1000, 200_000], ids=["declares-less", "declares-more"])
+def test_frame_declaring_a_wrong_size_raises_corrupt_chunk(claim: int) -> None:
+    frame = bytearray(zstandard.ZstdCompressor(level=1, write_content_size=True).compress(os.urandom(1000) + bytes(100_000)))
+    assert frame[4] == 0xA0  # single segment, 4-byte content size at offset 5
+    frame[5:9] = struct.pack("<I", claim)
+    with pytest.raises(backup.CorruptChunk, match="does not decompress"):
+        packformat.decompress_frame(bytes(frame), packformat.COMPRESSION_ZSTD)
 
 
 @FUZZ
