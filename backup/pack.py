@@ -4,13 +4,16 @@ Owns: encoding a pack from frames, parsing the header back from a pack's tail,
 and compressing / decompressing frames with bounded memory. Knows nothing of
 storage, snapshots or databases. docs/format.md specifies these bytes.
 
-    pack    = frame* header trailer
+    pack    = frame* zheader trailer
     frame   = zstd frame (or raw bytes) holding one or more whole chunks
-    header  = entry*            one 53-byte entry per chunk, in frame order
+    zheader = one zstd frame (content size declared) of entry*, one per chunk, in frame order
     entry   = "<32sQIIIB": chunk id (raw SHA-256), frame offset in the pack,
               frame length, chunk offset inside the decompressed frame,
               chunk length, compression (0 none, 1 zstd)
-    trailer = "<I8s": number of entries, magic b"DBKPACK1"
+    trailer = "<I8s": length of zheader, magic b"DBKPACK2"
+
+Packs of version 1 (still read) end in "<I8s": number of entries, b"DBKPACK1",
+after the entries stored uncompressed.
 
 A pack is named by the SHA-256 of all of its bytes, so any damage anywhere in it
 is detected by re-hashing, and its header alone is enough to rebuild the index.
@@ -29,7 +32,15 @@ import zstandard
 
 from .errors import CorruptChunk, CorruptPack
 
+#: Trailer magic of a version 1 pack (uncompressed header); read, no longer written.
 MAGIC = b"DBKPACK1"
+#: Trailer magic of a version 2 pack (zstd-compressed header); written.
+MAGIC_COMPRESSED = b"DBKPACK2"
+#: zstd level of pack headers (about 35 of their 53 bytes per entry are left).
+HEADER_COMPRESSION_LEVEL = 3
+#: A genuine header holds a random 32-byte id per 53-byte entry, so it never
+#: expands more than this many times; a larger claim is a bomb or damage.
+MAX_HEADER_EXPANSION = 16
 #: Trailer magic of a pack in an encrypted repository (its header is sealed).
 MAGIC_SEALED = b"DBKPACKE"
 ENTRY = struct.Struct("<32sQIIIB")
@@ -125,11 +136,20 @@ def compress_frame(chunks: Sequence[tuple[str, bytes]], compressor: zstandard.Zs
 def decompress_frame(data: bytes, compression: int) -> bytes:
     """Decompress a frame, never producing more than MAX_FRAME_BYTES (bomb guard).
 
-    Streams through a reader rather than trusting the size a frame header claims.
+    A frame that declares its size (dbkeep's always do) is refused above the
+    limit before anything is decompressed; one that does not is streamed through
+    a reader that stops at the limit.
     """
     if compression == COMPRESSION_NONE:
         return data
     try:
+        declared = zstandard.frame_content_size(data)
+        if declared > MAX_FRAME_BYTES:
+            raise CorruptChunk(f"frame decompresses to more than {MAX_FRAME_BYTES} bytes")
+        if declared >= 0:
+            # One allocation of the declared size; zstd refuses content that is
+            # longer or shorter than the frame declares.
+            return zstandard.ZstdDecompressor().decompress(data)
         with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=False) as reader:
             output = reader.read(MAX_FRAME_BYTES + 1)
     except zstandard.ZstdError as error:
@@ -139,15 +159,19 @@ def decompress_frame(data: bytes, compression: int) -> bytes:
     return output
 
 
-def encode_header(frames: Sequence[tuple[int, Frame]]) -> bytes:
-    """The header and trailer for frames placed at the given pack offsets."""
+def encode_entries(frames: Sequence[tuple[int, Frame]]) -> bytes:
+    """The 53-byte entries of every chunk of frames placed at the given pack offsets."""
     entries = bytearray()
-    count = 0
     for frame_offset, frame in frames:
         for chunk_id, offset_in_frame, length in frame.chunks:
             entries += ENTRY.pack(bytes.fromhex(chunk_id), frame_offset, len(frame.data), offset_in_frame, length, frame.compression)
-            count += 1
-    return bytes(entries) + TRAILER.pack(count, MAGIC)
+    return bytes(entries)
+
+
+def encode_header(frames: Sequence[tuple[int, Frame]]) -> bytes:
+    """The compressed header and trailer (version 2) for frames placed at the given pack offsets."""
+    compressed = zstandard.ZstdCompressor(level=HEADER_COMPRESSION_LEVEL, write_content_size=True).compress(encode_entries(frames))
+    return compressed + TRAILER.pack(len(compressed), MAGIC_COMPRESSED)
 
 
 def header_entries(frames: Sequence[tuple[int, Frame]]) -> list[PackEntry]:
@@ -205,8 +229,7 @@ def encode_sealed_header(frames: Sequence[tuple[int, Frame]], seal: Callable[[by
     the same 53-byte entries as in a plain pack, frame offsets and lengths
     counting the sealed frames.
     """
-    entries = encode_header(frames)[: -TRAILER.size]
-    sealed = seal(entries)
+    sealed = seal(encode_entries(frames))
     return sealed + TRAILER.pack(len(sealed), MAGIC_SEALED)
 
 
@@ -228,10 +251,38 @@ def parse_sealed_pack(data: bytes, pack_name: str, open_header: Callable[[bytes]
 
 
 def parse_pack(data: bytes, pack_name: str) -> list[PackEntry]:
-    """Parse a whole pack held in memory (verify and index rebuild)."""
-    length = header_length(data[-TRAILER.size :], len(data), pack_name)
+    """Parse a whole pack held in memory (verify and index rebuild), of either version."""
+    trailer = data[-TRAILER.size :]
+    if len(trailer) == TRAILER.size and trailer.endswith(MAGIC_COMPRESSED):
+        (stored,) = struct.unpack_from("<I", trailer)
+        if stored + TRAILER.size > len(data):
+            raise CorruptPack(f"pack {pack_name} claims a header longer than the pack")
+        frames_end = len(data) - TRAILER.size - stored
+        header = decompress_header(data[frames_end : len(data) - TRAILER.size], pack_name)
+        return parse_header(header, frames_end, pack_name)
+    length = header_length(trailer, len(data), pack_name)
     frames_end = len(data) - TRAILER.size - length
     return parse_header(data[frames_end : len(data) - TRAILER.size], frames_end, pack_name)
+
+
+def decompress_header(compressed: bytes, pack_name: str) -> bytes:
+    """The entries of a version 2 header; CorruptPack unless they are whole, bounded and as declared.
+
+    The size the zstd frame declares is checked against the stored length before
+    anything is decompressed, and decompression never goes past it.
+    """
+    limit = min(MAX_ENTRIES * ENTRY.size, MAX_HEADER_EXPANSION * len(compressed) + 4096)
+    try:
+        declared = zstandard.frame_content_size(compressed)
+        if not 0 <= declared <= limit or declared % ENTRY.size:
+            raise CorruptPack(f"pack {pack_name} has a header that declares {declared} bytes, not whole entries within {limit}: it is damaged")
+        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(compressed), read_across_frames=False) as reader:
+            header = reader.read(declared + 1)
+    except zstandard.ZstdError as error:
+        raise CorruptPack(f"pack {pack_name} has a header that does not decompress: {str(error)[:200]}") from error
+    if len(header) != declared:
+        raise CorruptPack(f"pack {pack_name} has a header of {len(header)} bytes, not the {declared} it declares: it is damaged")
+    return header
 
 
 def chunk_id_of(data: bytes | memoryview) -> str:

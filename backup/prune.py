@@ -188,7 +188,7 @@ def _repack(repository: Repository, plan: _Plan) -> dict[str, tuple[int, list[Pa
     writer = repository.writer(ignore_packs=plan.repack)
     for pack_id, (_size, live) in sorted(plan.repack.items()):
         for entry in sorted(live, key=lambda item: (item.frame_offset, item.offset_in_frame)):
-            if writer.has(entry.chunk_id):
+            if writer.reuse(entry.chunk_id):
                 continue
             try:
                 data = repository.read_chunk(entry.chunk_id)

@@ -13,7 +13,7 @@ Layout under the repository location (docs/format.md has the bytes):
     keys/<key-id>           encrypted repositories: the master key wrapped per passphrase
     snapshots/<id>.json     sealed manifest; its appearance is the commit point
     packs/<xx>/<pack-id>    frames of chunks with a trailing header
-    index/<index-id>        JSON: pack -> chunk locations; named by its SHA-256
+    index/<index-id>        pack -> chunk locations (zstd-compressed rows); named by its SHA-256
     locks/                  lock records
     tmp/                    scratch space for captures and restores (private)
 """
@@ -24,8 +24,10 @@ import collections
 import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import secrets
+import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -56,20 +58,31 @@ FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 FOLDERS = ("snapshots", "packs", "index", "locks")
 PACK_TARGET_BYTES = 16 * 1024 * 1024
-FRAME_TARGET_BYTES = 128 * 1024
+#: A frame of consecutive new chunks closes once it holds this much (docs/format.md,
+#: "Packs", says why 4 MiB): a first backup compresses in frames this large.
+FRAME_TARGET_BYTES = 4 * 1024 * 1024
+#: A frame closes at this size instead when the next new chunk does not directly
+#: follow the last one (a chunk already stored came between): pages changed here and
+#: there go in small frames, so reading one of them later decompresses little.
+SCATTERED_FRAME_BYTES = 128 * 1024
 #: How many data chunk ids one leaf chunk list holds; a changed chunk rewrites one
 #: leaf (512 bytes) and the lists above it, so the lists a backup adds follow the change.
 CHUNK_LIST_FANOUT = 16
 #: How many list ids a list above the leaves holds, and the most the manifest lists.
 CHUNK_TREE_FANOUT = 64
-#: Decompressed frames kept for reads: leaf lists and data chunks live in different frames.
-FRAME_CACHE_FRAMES = 8
-#: Frames handed to the compressing thread and not yet placed in a pack; bounds
+#: Frames handed to the compressing threads and not yet placed in a pack; bounds
 #: the memory a backup holds (each is at most FRAME_TARGET_BYTES plus one chunk).
-FRAMES_IN_FLIGHT = 8
+FRAMES_IN_FLIGHT = 3
 #: Threads compressing frames: zstd at level 3 is slower than hashing the same
 #: bytes, so two keep up with one reading thread.
 FRAME_WORKERS = 2
+#: Decompressed frames kept for reads, up to this many bytes: a restore reads from
+#: a leaf list frame and a data frame of FRAME_TARGET_BYTES at once, and after
+#: incremental backups from their small frames of scattered chunks as well.
+FRAME_CACHE_BYTES = 12 * 1024 * 1024
+#: Chunks read together by ``read_chunks``: each frame they need is decompressed once.
+READ_BATCH_BYTES = 8 * 1024 * 1024
+READ_BATCH_CHUNKS = 16384
 READAHEAD_MIN = 256 * 1024
 READAHEAD_MAX = 8 * 1024 * 1024
 #: No config or index file dbkeep writes comes near these sizes (an index file of
@@ -77,6 +90,8 @@ READAHEAD_MAX = 8 * 1024 * 1024
 #: before it is read into memory.
 MAX_CONFIG_BYTES = 1024 * 1024
 MAX_INDEX_BYTES = 1024**3
+#: zstd level of index files: they are small, and written once per backup.
+INDEX_COMPRESSION_LEVEL = 3
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -175,20 +190,41 @@ def _get_bounded(storage: Storage, name: str, limit: int, error: type[CorruptDat
     return storage.get(name)
 
 
+#: Index files of version 2 start with this magic; version 1 files are JSON (start with "{").
+INDEX_MAGIC = b"DBKINDX2"
+#: One row of a version 2 index: pack id, pack size, then a pack header entry.
+INDEX_ROW = struct.Struct("<32sQ" + packformat.ENTRY.format[1:])
+#: A genuine row holds two random 32-byte ids and compresses to no less than about
+#: 35 bytes; an index that claims to grow more than this many times is damage (a bomb).
+MAX_INDEX_EXPANSION = 16
+
+
 def encode_index(packs: dict[str, tuple[int, list[PackEntry]]]) -> bytes:
-    body = {
-        "format": "dbkeep-index",
-        "version": FORMAT_VERSION,
-        "packs": [
-            {"id": pack_id, "size": size, "chunks": [entry.to_row() for entry in sorted(entries, key=_pack_order)]}
-            for pack_id, (size, entries) in sorted(packs.items())
-        ],
-    }
-    return json.dumps(body, separators=(",", ":")).encode() + b"\n"
+    """An index file (version 2): magic, then one zstd frame of fixed-size rows.
+
+    Rows are sorted by pack id and, within a pack, in pack order, so the same
+    packs always give the same bytes (and so the same name).
+    """
+    rows = bytearray()
+    for pack_id, (size, entries) in sorted(packs.items()):
+        raw_pack_id = bytes.fromhex(pack_id)
+        for entry in sorted(entries, key=_pack_order):
+            rows += INDEX_ROW.pack(
+                raw_pack_id,
+                size,
+                bytes.fromhex(entry.chunk_id),
+                entry.frame_offset,
+                entry.frame_length,
+                entry.offset_in_frame,
+                entry.length,
+                entry.compression,
+            )
+    compressed = zstandard.ZstdCompressor(level=INDEX_COMPRESSION_LEVEL, write_content_size=True).compress(bytes(rows))
+    return INDEX_MAGIC + compressed
 
 
 def decode_index(data: bytes, name: str, *, verify_name: bool = True) -> dict[str, tuple[int, list[PackEntry]]]:
-    """Parse one index file; raises CorruptIndex if it is damaged in any way.
+    """Parse one index file (version 2, or version 1 JSON); raises CorruptIndex if it is damaged in any way.
 
     ``verify_name=False`` when the caller already checked the stored (sealed)
     bytes against the name and passes the opened plaintext.
@@ -196,20 +232,67 @@ def decode_index(data: bytes, name: str, *, verify_name: bool = True) -> dict[st
     if verify_name and hashlib.sha256(data).hexdigest() != name.rsplit("/", 1)[-1]:
         raise CorruptIndex(f"index file {name} does not hash to its name: it was damaged")
     try:
-        body = json.loads(data)
-        if body.get("format") != "dbkeep-index" or body.get("version") != FORMAT_VERSION:
-            raise CorruptIndex(f"index file {name} is not a supported dbkeep index")
-        result: dict[str, tuple[int, list[PackEntry]]] = {}
-        for item in body["packs"]:
-            size = item["size"]
-            if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= packformat.MAX_PACK_BYTES:
-                raise CorruptIndex(f"index file {name} has a bad pack size")
-            result[check_id(item["id"], "pack id")] = (size, [PackEntry.from_row(row) for row in item["chunks"]])
-        return result
+        if data.startswith(INDEX_MAGIC):
+            return _decode_index_rows(data[len(INDEX_MAGIC) :], name)
+        if data.startswith(INDEX_MAGIC[:-1]):
+            raise CorruptIndex(f"index file {name} is of version {data[len(INDEX_MAGIC) - 1 : len(INDEX_MAGIC)]!r}, which this dbkeep cannot read; upgrade dbkeep")
+        return _decode_json_index(data, name)
     except CorruptIndex:
         raise
     except (CorruptPack, ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
         raise CorruptIndex(f"index file {name} does not match the format: {type(error).__name__}: {str(error)[:200]}") from error
+
+
+def _decode_index_rows(compressed: bytes, name: str) -> dict[str, tuple[int, list[PackEntry]]]:
+    limit = min(MAX_INDEX_BYTES, MAX_INDEX_EXPANSION * len(compressed) + 4096)
+    try:
+        declared = zstandard.frame_content_size(compressed)
+        if declared < 0:
+            raise CorruptIndex(f"index file {name} does not declare the size of its rows: it is damaged")
+        if declared > limit:
+            raise CorruptIndex(f"index file {name} claims {declared} bytes of rows, more than {limit} could hold: it is damaged")
+        # The declared size is checked, not trusted: decompression stops past it.
+        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(compressed), read_across_frames=False) as reader:
+            rows = reader.read(declared + 1)
+    except zstandard.ZstdError as error:
+        raise CorruptIndex(f"index file {name} does not decompress: {str(error)[:200]}") from error
+    if len(rows) != declared:
+        raise CorruptIndex(f"index file {name} decompresses to {len(rows)} bytes, not the {declared} its frame declares: it is damaged")
+    if len(rows) % INDEX_ROW.size:
+        raise CorruptIndex(f"index file {name} is not a whole number of {INDEX_ROW.size}-byte rows: it is damaged")
+    result: dict[str, tuple[int, list[PackEntry]]] = {}
+    for raw_pack_id, size, raw_chunk_id, frame_offset, frame_length, offset_in_frame, length, compression in INDEX_ROW.iter_unpack(rows):
+        pack_id = raw_pack_id.hex()
+        if not 0 <= size <= packformat.MAX_PACK_BYTES:
+            raise CorruptIndex(f"index file {name} has a bad pack size")
+        entry = PackEntry(
+            chunk_id=raw_chunk_id.hex(),
+            frame_offset=frame_offset,
+            frame_length=frame_length,
+            offset_in_frame=offset_in_frame,
+            length=length,
+            compression=compression,
+        )
+        entry.check_bounds()
+        known = result.setdefault(pack_id, (size, []))
+        if known[0] != size:
+            raise CorruptIndex(f"index file {name} gives pack {pack_id} two sizes: it is damaged")
+        known[1].append(entry)
+    return result
+
+
+def _decode_json_index(data: bytes, name: str) -> dict[str, tuple[int, list[PackEntry]]]:
+    """An index file of version 1 (JSON), as written before version 2; still read."""
+    body = json.loads(data)
+    if body.get("format") != "dbkeep-index" or body.get("version") != 1:
+        raise CorruptIndex(f"index file {name} is not a supported dbkeep index")
+    result: dict[str, tuple[int, list[PackEntry]]] = {}
+    for item in body["packs"]:
+        size = item["size"]
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= packformat.MAX_PACK_BYTES:
+            raise CorruptIndex(f"index file {name} has a bad pack size")
+        result[check_id(item["id"], "pack id")] = (size, [PackEntry.from_row(row) for row in item["chunks"]])
+    return result
 
 
 class Repository:
@@ -222,6 +305,7 @@ class Repository:
         self.keys = keys
         self._index: Index | None = None
         self._frame_cache: collections.OrderedDict[tuple[str, int], bytes] = collections.OrderedDict()
+        self._frame_cache_bytes = 0
         #: Read-ahead window (pack id, offset, bytes): sequential frame reads become
         #: one large ranged read instead of one request per frame (S3 latency).
         #: Two windows, so reading a chunk list between data frames keeps the data window.
@@ -506,8 +590,9 @@ class Repository:
             data = self.keys.open(data, self._aad("frame"), f"frame at offset {entry.frame_offset} of pack {pack_id}")
         frame = packformat.decompress_frame(data, entry.compression)
         self._frame_cache[key] = frame
-        if len(self._frame_cache) > FRAME_CACHE_FRAMES:
-            self._frame_cache.popitem(last=False)
+        self._frame_cache_bytes += len(frame)
+        while self._frame_cache_bytes > FRAME_CACHE_BYTES and len(self._frame_cache) > 1:
+            self._frame_cache_bytes -= len(self._frame_cache.popitem(last=False)[1])
         return frame
 
     def _read_pack_range(self, pack_id: str, offset: int, length: int) -> bytes:
@@ -555,7 +640,8 @@ class Repository:
             data = frame[entry.offset_in_frame : entry.offset_in_frame + entry.length]
             if len(data) == entry.length and self.chunk_id(data) == chunk_id:
                 return data
-            self._frame_cache.pop((location.pack_id, entry.frame_offset), None)
+            dropped = self._frame_cache.pop((location.pack_id, entry.frame_offset), None)
+            self._frame_cache_bytes -= len(dropped) if dropped is not None else 0
             if self.keys is not None:
                 failures.append(AuthenticationFailed(f"chunk {chunk_id} in pack {location.pack_id} does not match its keyed id: the frame was swapped or moved"))
             else:
@@ -563,6 +649,48 @@ class Repository:
         if len(failures) == 1:
             raise failures[0]
         raise CorruptChunk(f"chunk {chunk_id}: no intact copy ({'; '.join(str(failure) for failure in failures)})")
+
+    def read_chunks(self, chunk_ids: Iterable[str]) -> Iterator[bytes]:
+        """The chunks' bytes in order, each hash-checked; raises as ``read_chunk`` does at the first bad one.
+
+        Reads a batch of up to READ_BATCH_BYTES of chunks at a time: every frame the
+        batch needs is read and decompressed once, in pack order, so chunks stored
+        out of file order (blocks moved inside a file) cost one decompression per
+        frame and batch instead of one per chunk. A chunk the batch could not read
+        intact is read again on its own, which tries every copy and names the damage.
+        """
+        batch: list[str] = []
+        batch_bytes = 0
+        for chunk_id in chunk_ids:
+            batch.append(chunk_id)
+            location = self.index().locations.get(chunk_id)
+            batch_bytes += location.entry.length if location is not None else 0
+            if batch_bytes >= READ_BATCH_BYTES or len(batch) >= READ_BATCH_CHUNKS:
+                yield from self._read_batch(batch)
+                batch, batch_bytes = [], 0
+        yield from self._read_batch(batch)
+
+    def _read_batch(self, chunk_ids: list[str]) -> Iterator[bytes]:
+        frames: dict[tuple[str, int], list[ChunkLocation]] = {}
+        for chunk_id in dict.fromkeys(chunk_ids):
+            location = self.index().locations.get(chunk_id)
+            if location is not None:
+                frames.setdefault((location.pack_id, location.entry.frame_offset), []).append(location)
+        found: dict[str, bytes] = {}
+        for key in sorted(frames):
+            locations = frames[key]
+            try:
+                frame = self.read_frame(locations[0].pack_id, locations[0].entry)
+            except CorruptData:
+                continue  # read_chunk below tries the other copies and reports the damage
+            for location in locations:
+                entry = location.entry
+                data = frame[entry.offset_in_frame : entry.offset_in_frame + entry.length]
+                if len(data) == entry.length and self.chunk_id(data) == entry.chunk_id:
+                    found[entry.chunk_id] = data
+        for chunk_id in chunk_ids:
+            data = found.get(chunk_id)
+            yield data if data is not None else self.read_chunk(chunk_id)
 
     def read_chunk_list(self, list_id: str) -> list[str]:
         """The ids one chunk list holds, in order (data chunk ids or, above the leaves, list ids)."""
@@ -590,8 +718,7 @@ class Repository:
                 yield from self.chunk_ids_of(ids, levels=levels - 1, list_ids=list_ids)
 
     def read_file_chunks(self, chunk_lists: Iterable[str], *, levels: int) -> Iterator[bytes]:
-        for chunk_id in self.chunk_ids_of(chunk_lists, levels=levels):
-            yield self.read_chunk(chunk_id)
+        yield from self.read_chunks(self.chunk_ids_of(chunk_lists, levels=levels))
 
     # -- snapshots ------------------------------------------------------------------
 
@@ -653,6 +780,7 @@ class ChunkWriter:
         self._pending: list[tuple[str, bytes]] = []
         self._pending_bytes = 0
         self._pending_ids: set[str] = set()
+        self._run_broken = False
         # Compression (and sealing) runs on worker threads: zstd and AES-GCM
         # release the GIL, so it overlaps reading and hashing on the other cores.
         # Frames are placed in the order they were closed, whichever worker built them.
@@ -671,6 +799,17 @@ class ChunkWriter:
             return True
         return any(location.pack_id in self._usable_packs for location in self.index.all_locations(chunk_id))
 
+    def reuse(self, chunk_id: str) -> bool:
+        """True if the repository has the chunk, which then counts as reused in the stream.
+
+        Callers pass chunks in file order; a reused chunk breaks the run of new
+        ones, and a frame whose run broke closes early (SCATTERED_FRAME_BYTES).
+        """
+        if self.has(chunk_id):
+            self._run_broken = True
+            return True
+        return False
+
     def set_compression_level(self, level: int) -> None:
         """Compress frames closed from now on at ``level``; 0 stores them raw.
 
@@ -679,9 +818,15 @@ class ChunkWriter:
         self._level = max(0, level)
 
     def add(self, chunk_id: str, data: bytes) -> bool:
-        """Queue a chunk unless the repository has it; True if it was new."""
-        if self.has(chunk_id):
+        """Queue a chunk unless the repository has it; True if it was new.
+
+        Chunks are expected in file order (see ``reuse``).
+        """
+        if self.reuse(chunk_id):
             return False
+        if self._run_broken and self._pending_bytes >= SCATTERED_FRAME_BYTES:
+            self.close_frame()
+        self._run_broken = False
         self._pending.append((chunk_id, data))
         self._pending_ids.add(chunk_id)
         self._pending_bytes += len(data)

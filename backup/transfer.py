@@ -166,7 +166,7 @@ def _copy_one(source: Repository, target: Repository, snapshot: Snapshot, lock: 
     for entry in snapshot.files:
         target_ids: list[str] = []
         for chunk_id in source.chunk_ids_of(entry.chunk_lists, levels=entry.chunk_list_levels):
-            if same_ids and writer.has(chunk_id):
+            if same_ids and writer.reuse(chunk_id):
                 reused += 1
                 target_ids.append(chunk_id)
                 continue

@@ -198,9 +198,10 @@ def _check_file(repository, snapshot, entry, present, bad_packs, chunk_status, r
         return
     digest = hashlib.sha256()
     size = 0
+    chunks = repository.read_chunks(chunk_ids)
     for chunk_id in chunk_ids:
         try:
-            data = repository.read_chunk(chunk_id)
+            data = next(chunks)
         except CorruptData as error:
             problem("corrupt-chunk", str(error), chunk_id)
             return

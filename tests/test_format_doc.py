@@ -85,9 +85,11 @@ def test_documented_encrypted_layout_is_enough_to_read_a_snapshot(tmp_path, make
     locations = {}
     for index_path in (repo / "index").iterdir():
         assert hashlib.sha256(index_path.read_bytes()).hexdigest() == index_path.name
-        for pack in json.loads(open_object(index_path, aad("index", repo_id)))["packs"]:
-            for row in pack["chunks"]:
-                locations[row[0]] = (pack["id"], *row[1:])
+        index = open_object(index_path, aad("index", repo_id))
+        assert index[:8] == b"DBKINDX2"
+        for row in struct.iter_unpack("<32sQ32sQIIIB", zstandard.ZstdDecompressor().decompress(index[8:])):
+            pack_id, _pack_size, chunk_id, *location = row
+            locations[chunk_id.hex()] = (pack_id.hex(), *location)
     manifest = json.loads(open_object(repo / "snapshots" / f"{report.snapshot.id}.json", aad("snapshot", repo_id, report.snapshot.id)))
 
     def chunk(chunk_id: str) -> bytes:

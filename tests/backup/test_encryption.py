@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import random
 import sqlite3
 import sys
 from pathlib import Path
@@ -30,7 +31,7 @@ from backup.errors import (  # noqa: E402
 )
 from backup.manifest import unseal  # noqa: E402
 from backup.operations import create_backup, list_backups, open_repository, restore_backup, verify_backup  # noqa: E402
-from backup.repository import Repository  # noqa: E402
+from backup.repository import FRAME_TARGET_BYTES, Repository  # noqa: E402
 from backup.settings import settings_from_mapping  # noqa: E402
 from backup.sources import logical_dump_digest  # noqa: E402
 from backup.storage import LocalStorage  # noqa: E402
@@ -339,9 +340,9 @@ def test_unencrypted_repository_keeps_the_plain_format(project: Path) -> None:
     assert sorted(body) == ["chunk_size", "compression", "compression_level", "id", "version"]
     assert not (root / "keys").exists()
     pack = next(path for path in (root / "packs").rglob("*") if path.is_file())
-    assert pack.read_bytes().endswith(b"DBKPACK1")
+    assert pack.read_bytes().endswith(b"DBKPACK2")
     index_file = next((root / "index").iterdir())
-    assert json.loads(index_file.read_bytes())["format"] == "dbkeep-index"
+    assert index_file.read_bytes()[:8] == b"DBKINDX2"  # unsealed: the index file as an unencrypted repository writes it
     assert json.loads((root / "snapshots" / f"{report.snapshot.id}.json").read_bytes())["format"] == "dbkeep-snapshot"
     repository = Repository.open(LocalStorage(root))
     chunk_ids = list(repository.chunk_ids_of(report.snapshot.files[0].chunk_lists, levels=report.snapshot.files[0].chunk_list_levels))
@@ -357,8 +358,10 @@ def test_encryption_setting_on_an_existing_plain_repository_is_refused(project: 
 
 
 def test_frames_swapped_inside_a_pack_fail_the_keyed_id_check(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Raw frames of exactly FRAME_TARGET_BYTES: a file of three of them gives two equal frames to swap.
+    (project / "big.db").write_bytes(random.Random(7).randbytes(3 * FRAME_TARGET_BYTES + 4096))
     monkeypatch.setenv("DBKEEP_PASSWORD", PASSPHRASE)
-    settings = settings_from_mapping({"encryption": "aes-256-gcm", "include": ["*.db"], "compression_level": 0}, root=project)
+    settings = settings_from_mapping({"encryption": "aes-256-gcm", "include": ["big.db"], "compression_level": 0}, root=project)
     snapshot = create_backup(settings).snapshot
     repository = open_repository(settings)
     entries = sorted({location.entry.frame_offset: location for location in repository.index().locations.values()}.values(), key=lambda l: l.entry.frame_offset)

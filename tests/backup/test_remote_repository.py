@@ -99,12 +99,18 @@ def test_s3_repository_leaves_no_lock_or_lease_behind(remote_settings, aws_envir
 
 def test_read_ahead_never_blames_an_intact_frame_for_damage_past_it(project: Path, tmp_path: Path) -> None:
     """Sequential reads fetch ahead; a pack cut short after frame k still yields frames 0..k."""
+    import random
+
     from backup.errors import CorruptData
-    from backup.repository import Repository
+    from backup.repository import FRAME_TARGET_BYTES, Repository
     from backup.storage import LocalStorage
 
+    # Raw frames close at FRAME_TARGET_BYTES: a file of four of them spans more than three frames.
+    (project / "app.db").unlink()
+    (project / "app.db").write_bytes(random.Random(11).randbytes(4 * FRAME_TARGET_BYTES))
     settings = settings_from_mapping({"repository": str(tmp_path / "repo"), "include": ["*.db"], "compression_level": 0}, root=project)
     snapshot = create_backup(settings).snapshot
+    assert snapshot.files[0].path == "app.db"
     repository = Repository.open(LocalStorage(tmp_path / "repo"))
     chunk_ids = list(repository.chunk_ids_of(snapshot.files[0].chunk_lists, levels=snapshot.files[0].chunk_list_levels))
     locations = [repository.locate(chunk_id)[0] for chunk_id in chunk_ids]

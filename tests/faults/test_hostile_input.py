@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import os
+import struct
 from functools import cache
 from pathlib import Path
 
@@ -33,7 +34,7 @@ import faultkit
 from backup import pack as packformat
 from backup.locking import LockRecord
 from backup.manifest import Snapshot, seal, unseal
-from backup.repository import RepositoryConfig, decode_index, encode_index, pack_name
+from backup.repository import INDEX_MAGIC, INDEX_ROW, RepositoryConfig, decode_index, encode_index, pack_name
 
 EXAMPLES = int(os.environ.get("DBKEEP_FUZZ_EXAMPLES", 150))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture], print_blob=True)
@@ -69,11 +70,25 @@ def _sample_repository() -> tuple[Path, dict, dict, bytes, dict]:
     repository = faultkit.open_repository(project)
     manifest = unseal((project.repository / "snapshots" / f"{snapshot_id}.json").read_bytes(), kind="snapshot")
     index_path = next((project.repository / "index").iterdir())
-    index_body = json.loads(index_path.read_bytes())
+    index_body = json_index_body(decode_index(index_path.read_bytes(), f"index/{index_path.name}"))
     pack_id = next(iter(repository.index().pack_sizes))
     pack = (project.repository / pack_name(pack_id)).read_bytes()
     config = unseal((project.repository / "config.json").read_bytes(), kind="config")
     return directory, manifest, index_body, pack, config
+
+
+def json_index_body(packs: dict[str, tuple[int, list[packformat.PackEntry]]]) -> dict:
+    """The body of an index file of version 1 (JSON), as dbkeep wrote before version 2."""
+    return {
+        "format": "dbkeep-index",
+        "version": 1,
+        "packs": [{"id": pack_id, "size": size, "chunks": [entry.to_row() for entry in entries]} for pack_id, (size, entries) in sorted(packs.items())],
+    }
+
+
+def index_file(rows: bytes, *, content_size: bool = True) -> bytes:
+    """An index file of version 2 around raw ``rows`` (which need not be valid)."""
+    return INDEX_MAGIC + zstandard.ZstdCompressor(level=1, write_content_size=content_size).compress(rows)
 
 
 def mutate(data: st.DataObject, document: object) -> object:
@@ -165,8 +180,75 @@ def test_raw_garbage_index_files_raise_corrupt_index(raw: bytes) -> None:
 
 @FUZZ
 @given(data=st.data())
+def test_damaged_binary_index_files_decode_or_raise_corrupt_index(data) -> None:
+    sample = _sample_index_bytes()
+    rows = bytearray(zstandard.ZstdDecompressor().decompress(sample[len(INDEX_MAGIC) :]))
+    where = data.draw(st.sampled_from(["rows", "stored"]))
+    if where == "rows":
+        # Damage below the compression, so the row checks themselves are reached.
+        for _ in range(data.draw(st.integers(1, 6))):
+            rows[data.draw(st.integers(0, len(rows) - 1))] = data.draw(st.integers(0, 255))
+        cut = data.draw(st.integers(0, len(rows)))
+        raw = index_file(bytes(rows[:cut] if data.draw(st.booleans()) else rows), content_size=data.draw(st.booleans()))
+    else:
+        stored = bytearray(sample)
+        for _ in range(data.draw(st.integers(1, 6))):
+            stored[data.draw(st.integers(0, len(stored) - 1))] = data.draw(st.integers(0, 255))
+        raw = bytes(stored[: data.draw(st.integers(0, len(stored)))])
+    _expect(lambda: decode_index(raw, f"index/{hashlib.sha256(raw).hexdigest()}"), backup.CorruptIndex)
+
+
+@cache
+def _sample_index_bytes() -> bytes:
+    directory, _manifest, _index, _pack, _config = _sample_repository()
+    return next(path for path in directory.rglob("*") if path.parent.name == "index" and path.is_file()).read_bytes()
+
+
+@FUZZ
+@given(raw=st.binary(max_size=3000))
+@example(raw=b"")
+@example(raw=b"\x28\xb5\x2f\xfd")
+def test_raw_garbage_after_the_index_magic_raises_corrupt_index(raw: bytes) -> None:
+    raw = INDEX_MAGIC + raw
+    _expect(lambda: decode_index(raw, f"index/{hashlib.sha256(raw).hexdigest()}"), backup.CorruptIndex)
+
+
+@pytest.mark.parametrize("content_size", [True, False], ids=["declared-size", "undeclared-size"])
+def test_index_decompression_bomb_is_refused_before_it_is_expanded(content_size: bool) -> None:
+    rows = bytes(INDEX_ROW.size * (64 * 1024 * 1024 // INDEX_ROW.size))
+    raw = index_file(rows, content_size=content_size)
+    assert len(raw) < 64 * 1024
+    with pytest.raises(backup.CorruptIndex, match="claims|declare"):
+        decode_index(raw, f"index/{hashlib.sha256(raw).hexdigest()}")
+
+
+def test_index_giving_one_pack_two_sizes_is_refused() -> None:
+    entry = packformat.PackEntry(chunk_id="cd" * 32, frame_offset=0, frame_length=10, offset_in_frame=0, length=10, compression=0)
+    row = lambda size: INDEX_ROW.pack(b"\xab" * 32, size, b"\xcd" * 32, 0, 10, 0, 10, 0)  # noqa: E731
+    raw = index_file(row(100) + row(101))
+    with pytest.raises(backup.CorruptIndex, match="two sizes"):
+        decode_index(raw, f"index/{hashlib.sha256(raw).hexdigest()}")
+    good = index_file(row(100))
+    assert decode_index(good, f"index/{hashlib.sha256(good).hexdigest()}") == {"ab" * 32: (100, [entry])}
+
+
+def _as_version_1_pack(pack: bytes) -> bytes:
+    """The same pack as dbkeep wrote before version 2: entries uncompressed, then count and DBKPACK1."""
+    entries = packformat.parse_pack(pack, "sample")
+    (stored,) = struct.unpack_from("<I", pack, len(pack) - packformat.TRAILER.size)
+    frames = pack[: len(pack) - packformat.TRAILER.size - stored]
+    header = b"".join(packformat.ENTRY.pack(bytes.fromhex(e.chunk_id), e.frame_offset, e.frame_length, e.offset_in_frame, e.length, e.compression) for e in entries)
+    return frames + header + packformat.TRAILER.pack(len(entries), packformat.MAGIC)
+
+
+@FUZZ
+@given(data=st.data())
 def test_damaged_pack_headers_parse_or_raise_corrupt_data(data) -> None:
     _directory, _manifest, _index, pack, _config = _sample_repository()
+    assert pack.endswith(packformat.MAGIC_COMPRESSED)
+    if data.draw(st.booleans()):
+        pack = _as_version_1_pack(pack)
+        assert packformat.parse_pack(pack, "v1") == packformat.parse_pack(_sample_repository()[3], "v2")
     damaged = bytearray(pack)
     region = data.draw(st.sampled_from(["trailer", "header", "anywhere"]))
     start = {"trailer": len(pack) - packformat.TRAILER.size, "header": max(0, len(pack) - 200), "anywhere": 0}[region]
@@ -183,6 +265,23 @@ def test_damaged_pack_headers_parse_or_raise_corrupt_data(data) -> None:
 def test_pack_trailers_claiming_any_entry_count_are_bounded(count: int, tail: bytes) -> None:
     data = tail + packformat.TRAILER.pack(count, packformat.MAGIC)
     _expect(lambda: packformat.parse_pack(data, "fuzzed"), backup.CorruptData)
+
+
+@FUZZ
+@given(length=st.integers(0, 2**32 - 1), tail=st.binary(max_size=200))
+def test_compressed_pack_trailers_claiming_any_header_length_are_bounded(length: int, tail: bytes) -> None:
+    data = tail + packformat.TRAILER.pack(length, packformat.MAGIC_COMPRESSED)
+    _expect(lambda: packformat.parse_pack(data, "fuzzed"), backup.CorruptData)
+
+
+@pytest.mark.parametrize("content_size", [True, False], ids=["declared-size", "undeclared-size"])
+def test_pack_header_decompression_bomb_is_refused_before_it_is_expanded(content_size: bool) -> None:
+    entries = bytes(packformat.ENTRY.size * (packformat.MAX_FRAME_BYTES // packformat.ENTRY.size))
+    header = zstandard.ZstdCompressor(level=1, write_content_size=content_size).compress(entries)
+    data = header + packformat.TRAILER.pack(len(header), packformat.MAGIC_COMPRESSED)
+    assert len(data) < 64 * 1024
+    with pytest.raises(backup.CorruptPack, match="declares"):
+        packformat.parse_pack(data, "bomb")
 
 
 @FUZZ
@@ -209,6 +308,21 @@ def decompression_bomb(gibibytes: int = 1) -> bytes:
 def test_decompression_bomb_stops_at_the_frame_limit() -> None:
     with pytest.raises(backup.CorruptChunk, match="more than"):
         packformat.decompress_frame(decompression_bomb(), packformat.COMPRESSION_ZSTD)
+
+
+def test_frame_declaring_more_than_the_limit_is_refused_before_it_is_expanded() -> None:
+    frame = zstandard.ZstdCompressor(level=1, write_content_size=True).compress(bytes(packformat.MAX_FRAME_BYTES + 1))
+    with pytest.raises(backup.CorruptChunk, match="more than"):
+        packformat.decompress_frame(frame, packformat.COMPRESSION_ZSTD)
+
+
+@pytest.mark.parametrize("claim", [1000, 200_000], ids=["declares-less", "declares-more"])
+def test_frame_declaring_a_wrong_size_raises_corrupt_chunk(claim: int) -> None:
+    frame = bytearray(zstandard.ZstdCompressor(level=1, write_content_size=True).compress(os.urandom(1000) + bytes(100_000)))
+    assert frame[4] == 0xA0  # single segment, 4-byte content size at offset 5
+    frame[5:9] = struct.pack("<I", claim)
+    with pytest.raises(backup.CorruptChunk, match="does not decompress"):
+        packformat.decompress_frame(bytes(frame), packformat.COMPRESSION_ZSTD)
 
 
 @FUZZ
@@ -280,11 +394,20 @@ def _bomb_pack(project: faultkit.Project) -> None:
     (project.repository / "index" / hashlib.sha256(index).hexdigest()).write_bytes(index)
 
 
-def _huge_pack_in_index(project: faultkit.Project) -> None:
+def _huge_pack_in_index(project: faultkit.Project, *, version: int) -> None:
     pack_id = "ab" * 32
     (project.repository / "packs" / "ab").mkdir(exist_ok=True)
     _sparse(project.repository / pack_name(pack_id), HUGE)
-    index = encode_index({pack_id: (HUGE, [])})
+    if version == 1:
+        index = json.dumps(json_index_body({pack_id: (HUGE, [])})).encode()
+    else:
+        index = index_file(INDEX_ROW.pack(bytes.fromhex(pack_id), HUGE, b"\xcd" * 32, 0, 4096, 0, 4096, 0))
+    (project.repository / "index" / hashlib.sha256(index).hexdigest()).write_bytes(index)
+
+
+def _index_bomb(project: faultkit.Project) -> None:
+    """An index file of a few KiB whose rows would decompress to 1 GiB."""
+    index = INDEX_MAGIC + decompression_bomb()
     (project.repository / "index" / hashlib.sha256(index).hexdigest()).write_bytes(index)
 
 
@@ -307,7 +430,9 @@ HOSTILE_REPOSITORIES = {
     "config-symlinked-outside": lambda project, outside: _symlink_out(project.repository / "config.json", outside),
     "sparse-10-GiB-manifest": lambda project, outside: _sparse(_newest(project, "snapshots"), HUGE),
     "sparse-10-GiB-index-file": lambda project, outside: _sparse(_newest(project, "index"), HUGE),
-    "index-claiming-a-10-GiB-pack": lambda project, outside: _huge_pack_in_index(project),
+    "index-claiming-a-10-GiB-pack": lambda project, outside: _huge_pack_in_index(project, version=2),
+    "json-index-claiming-a-10-GiB-pack": lambda project, outside: _huge_pack_in_index(project, version=1),
+    "index-decompression-bomb": lambda project, outside: _index_bomb(project),
     "decompression-bomb-chunk": lambda project, outside: _bomb_pack(project),
     "deeply-nested-manifest": lambda project, outside: _newest(project, "snapshots").write_bytes(b"[" * 500_000 + b"]" * 500_000),
 }

@@ -1,0 +1,76 @@
+"""Frames: large for runs of new chunks, small for scattered ones, and read once per batch."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+from backup import create_backup, restore_backup, verify_backup
+from backup import pack as packformat
+from backup.repository import FRAME_TARGET_BYTES, READ_BATCH_BYTES, SCATTERED_FRAME_BYTES, Repository
+from backup.storage import LocalStorage
+
+CHUNK = 4096
+
+
+def _frames(settings, snapshot) -> dict[tuple[str, int], int]:
+    """(pack id, frame offset) -> decompressed bytes the frame holds, for the snapshot's data chunks."""
+    repository = Repository.open(LocalStorage(settings.repository))
+    entry = snapshot.files[0]
+    frames: dict[tuple[str, int], int] = {}
+    for chunk_id in repository.chunk_ids_of(entry.chunk_lists, levels=entry.chunk_list_levels):
+        location = repository.locate(chunk_id)[0]
+        key = (location.pack_id, location.entry.frame_offset)
+        frames[key] = max(frames.get(key, 0), location.entry.offset_in_frame + location.entry.length)
+    return frames
+
+
+def test_new_data_fills_large_frames_and_scattered_changes_get_small_ones(tmp_path, make_settings):
+    root = tmp_path / "project"
+    root.mkdir()
+    data = bytearray(random.Random(3).randbytes(3 * FRAME_TARGET_BYTES))
+    (root / "data.bin").write_bytes(data)
+    settings = make_settings(root, include=["data.bin"], compression_level=0)
+    first = create_backup(settings).snapshot
+    first_frames = _frames(settings, first)
+
+    for position in range(0, len(data), 64 * CHUNK):  # one chunk in 64 changes
+        data[position : position + 16] = random.Random(position).randbytes(16)
+    (root / "data.bin").write_bytes(data)
+    second = create_backup(settings).snapshot
+    new_frames = {key: size for key, size in _frames(settings, second).items() if key not in first_frames}
+
+    assert len(first_frames) == 3 and all(size == FRAME_TARGET_BYTES for size in first_frames.values())
+    assert len(new_frames) > 1
+    assert all(size <= SCATTERED_FRAME_BYTES + CHUNK for size in new_frames.values()), sorted(new_frames.values())
+
+
+def test_blocks_moved_inside_a_file_restore_with_each_frame_decompressed_once_per_batch(tmp_path, make_settings, monkeypatch):
+    root = tmp_path / "project"
+    root.mkdir()
+    frames = 6
+    data = random.Random(4).randbytes(frames * FRAME_TARGET_BYTES)
+    (root / "data.bin").write_bytes(data)
+    settings = make_settings(root, include=["data.bin"], compression_level=0)
+    create_backup(settings)
+    blocks = [data[position : position + CHUNK] for position in range(0, len(data), CHUNK)]
+    random.Random(5).shuffle(blocks)
+    shuffled = b"".join(blocks)
+    (root / "data.bin").write_bytes(shuffled)
+    second = create_backup(settings)
+    assert second.stats.new_chunks < 200, "only the chunk lists are new: every block was stored before"
+
+    decompressed: list[int] = []
+    original = packformat.decompress_frame
+    monkeypatch.setattr(packformat, "decompress_frame", lambda frame, compression: decompressed.append(len(frame)) or original(frame, compression))
+    restore_backup(settings, second.snapshot.id, target=tmp_path / "restored", force=True)
+    restored_reads = len(decompressed)
+    decompressed.clear()
+    report = verify_backup(settings, second.snapshot.id, read_data=True)
+
+    assert hashlib.sha256((tmp_path / "restored" / "data.bin").read_bytes()).hexdigest() == hashlib.sha256(shuffled).hexdigest()
+    assert report.ok
+    batches = -(-len(data) // READ_BATCH_BYTES)
+    # One read per chunk (as a frame cache smaller than the file gives) would be thousands.
+    for reads in (restored_reads, len(decompressed)):
+        assert reads <= (frames + 2) * batches + 16, reads
