@@ -72,7 +72,7 @@ CHUNK_LIST_FANOUT = 16
 CHUNK_TREE_FANOUT = 64
 #: Frames handed to the compressing threads and not yet placed in a pack; bounds
 #: the memory a backup holds (each is at most FRAME_TARGET_BYTES plus one chunk).
-FRAMES_IN_FLIGHT = 3
+FRAMES_IN_FLIGHT = 2
 #: Threads compressing frames: zstd at level 3 is slower than hashing the same
 #: bytes, so two keep up with one reading thread.
 FRAME_WORKERS = 2
