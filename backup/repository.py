@@ -26,7 +26,7 @@ import dataclasses
 import hashlib
 import json
 import secrets
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -493,14 +493,57 @@ class Repository:
             data = self._read_pack_range(pack_id, entry.frame_offset, entry.frame_length)
         except StorageError as error:
             raise CorruptPack(f"pack {pack_id} cannot be read for chunk {entry.chunk_id}: {error}") from error
-        if self.keys is not None:
-            # Authenticated before the decompressor sees a byte: tampering is never garbage.
-            data = self.keys.open(data, self._aad("frame"), f"frame at offset {entry.frame_offset} of pack {pack_id}")
-        frame = packformat.decompress_frame(data, entry.compression)
+        frame = self.open_frame(pack_id, entry, data)
         self._frame_cache[key] = frame
         if len(self._frame_cache) > FRAME_CACHE_FRAMES:
             self._frame_cache.popitem(last=False)
         return frame
+
+    def open_frame(self, pack_id: str, entry: PackEntry, data: bytes | memoryview) -> bytes:
+        """The decompressed frame holding ``entry`` from its stored bytes; raises CorruptData.
+
+        In an encrypted repository the frame is authenticated before the
+        decompressor sees a byte: tampering is never garbage.
+        """
+        if self.keys is not None:
+            data = self.keys.open(data, self._aad("frame"), f"frame at offset {entry.frame_offset} of pack {pack_id}")
+        return packformat.decompress_frame(data, entry.compression)
+
+    def check_pack_chunks(self, pack_id: str, data: bytes, entries: Iterable[PackEntry]) -> dict[str, CorruptData]:
+        """Check every listed chunk of a pack held in memory; returns chunk id -> why that copy is bad.
+
+        Each frame is opened once (authenticated, decompressed) and each chunk in
+        it hashed against its id, exactly as ``read_chunk`` would check it, so
+        the problems read the same as a failed read names them.
+        """
+        frames: dict[int, list[PackEntry]] = {}
+        for entry in entries:
+            frames.setdefault(entry.frame_offset, []).append(entry)
+        view = memoryview(data)
+        chunk_id_of = self.chunk_id
+        damaged: dict[str, CorruptData] = {}
+        for frame_offset, members in frames.items():
+            first = members[0]
+            if frame_offset + first.frame_length > len(data):
+                error: CorruptData = CorruptPack(f"pack {pack_id} cannot be read for chunk {first.chunk_id}: the frame lies past its end")
+                damaged.update((entry.chunk_id, error) for entry in members)
+                continue
+            try:
+                frame = self.open_frame(pack_id, first, view[frame_offset : frame_offset + first.frame_length])
+            except CorruptData as error:
+                damaged.update((entry.chunk_id, error) for entry in members)
+                continue
+            frame_view = memoryview(frame)
+            for entry in members:
+                piece = frame_view[entry.offset_in_frame : entry.offset_in_frame + entry.length]
+                if entry.frame_length != first.frame_length or len(piece) != entry.length or chunk_id_of(piece) != entry.chunk_id:
+                    damaged[entry.chunk_id] = self._mismatch(entry.chunk_id, pack_id)
+        return damaged
+
+    def _mismatch(self, chunk_id: str, pack_id: str) -> CorruptData:
+        if self.keys is not None:
+            return AuthenticationFailed(f"chunk {chunk_id} in pack {pack_id} does not match its keyed id: the frame was swapped or moved")
+        return CorruptChunk(f"chunk {chunk_id} in pack {pack_id} does not match its hash")
 
     def _read_pack_range(self, pack_id: str, offset: int, length: int) -> bytes:
         """Bytes of a pack, reading ahead (doubling up to READAHEAD_MAX) while access is sequential.
@@ -548,10 +591,7 @@ class Repository:
             if len(data) == entry.length and self.chunk_id(data) == chunk_id:
                 return data
             self._frame_cache.pop((location.pack_id, entry.frame_offset), None)
-            if self.keys is not None:
-                failures.append(AuthenticationFailed(f"chunk {chunk_id} in pack {location.pack_id} does not match its keyed id: the frame was swapped or moved"))
-            else:
-                failures.append(CorruptChunk(f"chunk {chunk_id} in pack {location.pack_id} does not match its hash"))
+            failures.append(self._mismatch(chunk_id, location.pack_id))
         if len(failures) == 1:
             raise failures[0]
         raise CorruptChunk(f"chunk {chunk_id}: no intact copy ({'; '.join(str(failure) for failure in failures)})")
@@ -584,6 +624,45 @@ class Repository:
     def read_file_chunks(self, chunk_lists: Iterable[str], *, levels: int) -> Iterator[bytes]:
         for chunk_id in self.chunk_ids_of(chunk_lists, levels=levels):
             yield self.read_chunk(chunk_id)
+
+    def read_unchecked(self, chunk_ids: Iterable[str], *, avoid: Container[tuple[str, str]] = ()) -> Iterator[memoryview]:
+        """The chunks' bytes in order, as runs of adjacent chunks, WITHOUT checking data chunk hashes.
+
+        Only for a caller that compares everything it reads with the whole-file
+        SHA-256 of a sealed manifest (the same chain of trust: the manifest fixes
+        the chunk ids and the file's hash) and, when that fails, reads again
+        through ``read_chunk``, which names the damaged chunk and tries its other
+        copies. Frames are still authenticated in an encrypted repository. Each
+        chunk is read from its first location not in ``avoid`` ((pack id, chunk
+        id) pairs known to be damaged). A run is a view into a decompressed
+        frame. Raises CorruptData when a chunk is
+        not indexed or its frame cannot be read, opened or is too short.
+        """
+        index = self.index()
+        locations = index.locations
+        run_frame: bytes = b""
+        run_pack = ""
+        run_offset = -1
+        run_start = run_end = 0
+        for chunk_id in chunk_ids:
+            location = locations.get(chunk_id)
+            if location is None:
+                raise CorruptChunk(f"chunk {chunk_id} is not in the index: its data is missing from the repository")
+            if avoid and (location.pack_id, chunk_id) in avoid:
+                location = next((other for other in index.all_locations(chunk_id) if (other.pack_id, chunk_id) not in avoid), location)
+            entry = location.entry
+            if location.pack_id != run_pack or entry.frame_offset != run_offset or entry.offset_in_frame != run_end:
+                if run_end > run_start:
+                    yield memoryview(run_frame)[run_start:run_end]
+                if location.pack_id != run_pack or entry.frame_offset != run_offset:
+                    run_frame = self.read_frame(location.pack_id, entry)
+                    run_pack, run_offset = location.pack_id, entry.frame_offset
+                run_start = run_end = entry.offset_in_frame
+            run_end = entry.offset_in_frame + entry.length
+            if run_end > len(run_frame):
+                raise CorruptChunk(f"chunk {chunk_id} in pack {location.pack_id} lies past the end of its frame")
+        if run_end > run_start:
+            yield memoryview(run_frame)[run_start:run_end]
 
     # -- snapshots ------------------------------------------------------------------
 
