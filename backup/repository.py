@@ -26,7 +26,7 @@ import dataclasses
 import hashlib
 import json
 import secrets
-from collections.abc import Callable, Container, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,8 +60,11 @@ FRAME_TARGET_BYTES = 128 * 1024
 CHUNK_LIST_FANOUT = 16
 #: How many list ids a list above the leaves holds, and the most the manifest lists.
 CHUNK_TREE_FANOUT = 64
-#: Decompressed frames kept for reads: leaf lists and data chunks live in different frames.
-FRAME_CACHE_FRAMES = 8
+#: Decompressed frames kept for reads: leaf lists and data chunks live in different frames,
+#: and verify reads a few versions of a file side by side, so their shared frames are
+#: opened once. The byte bound keeps memory flat when large chunks make large frames.
+FRAME_CACHE_FRAMES = 16
+FRAME_CACHE_BYTES = 16 * 1024 * 1024
 READAHEAD_MIN = 256 * 1024
 READAHEAD_MAX = 8 * 1024 * 1024
 #: No config or index file dbkeep writes comes near these sizes (an index file of
@@ -214,6 +217,7 @@ class Repository:
         self.keys = keys
         self._index: Index | None = None
         self._frame_cache: collections.OrderedDict[tuple[str, int], bytes] = collections.OrderedDict()
+        self._frame_cache_bytes = 0
         #: Read-ahead window (pack id, offset, bytes): sequential frame reads become
         #: one large ranged read instead of one request per frame (S3 latency).
         #: Two windows, so reading a chunk list between data frames keeps the data window.
@@ -495,9 +499,15 @@ class Repository:
             raise CorruptPack(f"pack {pack_id} cannot be read for chunk {entry.chunk_id}: {error}") from error
         frame = self.open_frame(pack_id, entry, data)
         self._frame_cache[key] = frame
-        if len(self._frame_cache) > FRAME_CACHE_FRAMES:
-            self._frame_cache.popitem(last=False)
+        self._frame_cache_bytes += len(frame)
+        while len(self._frame_cache) > 1 and (len(self._frame_cache) > FRAME_CACHE_FRAMES or self._frame_cache_bytes > FRAME_CACHE_BYTES):
+            self._frame_cache_bytes -= len(self._frame_cache.popitem(last=False)[1])
         return frame
+
+    def _forget_frame(self, key: tuple[str, int]) -> None:
+        frame = self._frame_cache.pop(key, None)
+        if frame is not None:
+            self._frame_cache_bytes -= len(frame)
 
     def open_frame(self, pack_id: str, entry: PackEntry, data: bytes | memoryview) -> bytes:
         """The decompressed frame holding ``entry`` from its stored bytes; raises CorruptData.
@@ -509,35 +519,28 @@ class Repository:
             data = self.keys.open(data, self._aad("frame"), f"frame at offset {entry.frame_offset} of pack {pack_id}")
         return packformat.decompress_frame(data, entry.compression)
 
-    def check_pack_chunks(self, pack_id: str, data: bytes, entries: Iterable[PackEntry]) -> dict[str, CorruptData]:
-        """Check every listed chunk of a pack held in memory; returns chunk id -> why that copy is bad.
+    def check_frame(self, pack_id: str, entries: Sequence[PackEntry]) -> dict[str, CorruptData]:
+        """Open one frame and check every listed chunk in it; returns chunk id -> why that copy is bad.
 
-        Each frame is opened once (authenticated, decompressed) and each chunk in
-        it hashed against its id, exactly as ``read_chunk`` would check it, so
-        the problems read the same as a failed read names them.
+        ``entries`` all lie in the same frame of ``pack_id``. The frame is read and
+        opened once (authenticated when encrypted) and each chunk hashed against
+        its id exactly as ``read_chunk`` would, so problems read the same as a
+        failed read names them. An intact frame stays cached for the reads after.
         """
-        frames: dict[int, list[PackEntry]] = {}
-        for entry in entries:
-            frames.setdefault(entry.frame_offset, []).append(entry)
-        view = memoryview(data)
+        first = entries[0]
+        try:
+            frame = self.read_frame(pack_id, first)
+        except CorruptData as error:
+            return {entry.chunk_id: error for entry in entries}
+        view = memoryview(frame)
         chunk_id_of = self.chunk_id
         damaged: dict[str, CorruptData] = {}
-        for frame_offset, members in frames.items():
-            first = members[0]
-            if frame_offset + first.frame_length > len(data):
-                error: CorruptData = CorruptPack(f"pack {pack_id} cannot be read for chunk {first.chunk_id}: the frame lies past its end")
-                damaged.update((entry.chunk_id, error) for entry in members)
-                continue
-            try:
-                frame = self.open_frame(pack_id, first, view[frame_offset : frame_offset + first.frame_length])
-            except CorruptData as error:
-                damaged.update((entry.chunk_id, error) for entry in members)
-                continue
-            frame_view = memoryview(frame)
-            for entry in members:
-                piece = frame_view[entry.offset_in_frame : entry.offset_in_frame + entry.length]
-                if entry.frame_length != first.frame_length or len(piece) != entry.length or chunk_id_of(piece) != entry.chunk_id:
-                    damaged[entry.chunk_id] = self._mismatch(entry.chunk_id, pack_id)
+        for entry in entries:
+            piece = view[entry.offset_in_frame : entry.offset_in_frame + entry.length]
+            if len(piece) != entry.length or chunk_id_of(piece) != entry.chunk_id:
+                damaged[entry.chunk_id] = self._mismatch(entry.chunk_id, pack_id)
+        if damaged:
+            self._forget_frame((pack_id, first.frame_offset))
         return damaged
 
     def _mismatch(self, chunk_id: str, pack_id: str) -> CorruptData:
@@ -590,7 +593,7 @@ class Repository:
             data = frame[entry.offset_in_frame : entry.offset_in_frame + entry.length]
             if len(data) == entry.length and self.chunk_id(data) == chunk_id:
                 return data
-            self._frame_cache.pop((location.pack_id, entry.frame_offset), None)
+            self._forget_frame((location.pack_id, entry.frame_offset))
             failures.append(self._mismatch(chunk_id, location.pack_id))
         if len(failures) == 1:
             raise failures[0]

@@ -2,22 +2,25 @@
 
 Owns: the structure check (every manifest parses, every referenced chunk is
 indexed and its pack is present at the indexed size) and the read-data check
-(every pack re-hashed, every file's bytes re-read, chunk-hashed and compared with
-its recorded SHA-256). Collects typed problems instead of stopping at the first;
-strictly read-only.
+(every pack re-hashed and its header compared with the index; every file's
+bytes reassembled and compared with its recorded SHA-256, every frame they come
+from opened once and every chunk in it hash-checked). Collects typed problems
+instead of stopping at the first; strictly read-only.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection, Sequence
+import heapq
+import itertools
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from . import progress
-from .errors import CorruptChunk, CorruptData, StorageError
-from .manifest import Snapshot
+from .errors import CorruptData, StorageError
+from .manifest import FileEntry, Snapshot
 from .pack import PackEntry
-from .repository import Repository, pack_name
+from .repository import ChunkLocation, Repository, pack_name
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -62,12 +65,11 @@ def verify_repository(
     """Check the named snapshots (all when None); returns every problem found.
 
     With ``read_data`` every indexed pack is re-hashed, or only ``pack_ids`` when
-    given (a rotating verification re-reads a share of the packs at a time).
-    Each pack is read once: while it is hashed, its frames are opened and every
-    chunk in it is checked against its id. Then every file of every snapshot is
-    reassembled and compared with its recorded SHA-256, reading each chunk from
-    a copy that passed that check (a chunk whose packs were not re-read here is
-    read and hash-checked on the way).
+    given (a rotating verification re-reads a share of the packs at a time), and
+    every file of every snapshot is reassembled and compared with its recorded
+    SHA-256. Each frame a file needs is opened once and every chunk in it checked
+    against its id, whichever snapshots share it; a damaged copy of a chunk is
+    passed over for an intact one stored again elsewhere.
     """
     report = VerifyReport(read_data=read_data)
     index = repository.index(reload=True)
@@ -81,64 +83,68 @@ def verify_repository(
             snapshots.append(repository.load_snapshot(snapshot_id))
         except CorruptData as error:
             report.problems.append(Problem(kind="corrupt-manifest", message=str(error), snapshot_id=snapshot_id))
-    data = _PackChecks()
+    state = _State(present=present)
     if read_data:
-        _check_packs(repository, present, report, data, pack_ids)
-    state = _FileChecks(present=present, packs=data)
-    if read_data:
-        progress.begin("verify files", sum(entry.size for snapshot in snapshots for entry in snapshot.files))
+        _check_packs(repository, present, report, state, pack_ids)
+    state.good_packs = {pack_id for pack_id, size in index.pack_sizes.items() if present.get(pack_id) == size and pack_id not in state.bad_packs}
+    pending: list[tuple[Snapshot, FileEntry]] = []
     for snapshot in snapshots:
         report.snapshots_checked += 1
-        before = len(report.problems)
         for entry in snapshot.files:
             report.files_checked += 1
-            _check_file(repository, snapshot, entry, state, report)
-        if len(report.problems) == before:
-            report.verified_snapshots.append(snapshot.id)
+            if _check_structure(repository, snapshot, entry, state, report) and read_data:
+                pending.append((snapshot, entry))
+    if read_data:
+        progress.begin("verify files", sum(entry.size for snapshot in snapshots for entry in snapshot.files))
+        _check_contents(repository, pending, state, report)
+    failed = {problem.snapshot_id for problem in report.problems}
+    report.verified_snapshots.extend(snapshot.id for snapshot in snapshots if snapshot.id not in failed)
     return report
 
 
-@dataclass(slots=True)
-class _PackChecks:
-    """What re-reading the packs found, for the file check to use."""
+#: How many versions of one file are reassembled side by side (their frames shared).
+LOCKSTEP_FILES = 4
+#: Chunk lists kept after reading them once (about 0.5 KiB each), for the snapshots after.
+LIST_CACHE_ENTRIES = 32768
 
+_Outcome = tuple[str, str, "str | None"]
+
+
+class _Damage(Exception):
+    """A file cannot be reassembled: (kind, message, chunk id) of the problem."""
+
+    def __init__(self, kind: str, message: str, chunk_id: str | None) -> None:
+        super().__init__(message)
+        self.outcome: _Outcome = (kind, message, chunk_id)
+
+
+@dataclass(slots=True, kw_only=True)
+class _State:
+    present: dict[str, int]
     #: pack id -> why none of its chunks can be read (missing, wrong size, unreadable)
-    bad: dict[str, str] = field(default_factory=dict)
-    #: packs whose every indexed chunk was opened and hash-checked
-    checked: set[str] = field(default_factory=set)
+    bad_packs: dict[str, str] = field(default_factory=dict)
+    #: indexed packs present at their indexed size and not in bad_packs
+    good_packs: set[str] = field(default_factory=set)
+    #: chunk id -> why no copy is stored, or None (looked up when the first copy is not usable)
+    chunk_status: dict[str, str | None] = field(default_factory=dict)
+    #: chunk list id -> its bytes, so a list shared by snapshots is read once
+    lists: dict[str, bytes] = field(default_factory=dict)
+    #: (pack id, frame offset) -> the index entries in that frame
+    frames: dict[tuple[str, int], list[PackEntry]] = field(default_factory=dict)
+    #: frames whose chunks were all checked
+    checked: set[tuple[str, int]] = field(default_factory=set)
     #: (pack id, chunk id) -> why that copy of the chunk failed its check
     damaged: dict[tuple[str, str], CorruptData] = field(default_factory=dict)
 
 
-@dataclass(slots=True, kw_only=True)
-class _FileChecks:
-    present: dict[str, int]
-    packs: _PackChecks
-    #: chunk id -> None when some copy is stored, else why not (structure only)
-    chunk_status: dict[str, str | None] = field(default_factory=dict)
-    #: chunk list id -> its bytes, so a list shared by snapshots is read once
-    lists: dict[str, bytes] = field(default_factory=dict)
-    #: whole-file results by (sha256, size, chunk lists, levels): an entry equal to one
-    #: already reassembled names the same bytes, so it has the same outcome
-    files: dict[tuple[object, ...], tuple[str, str, str | None] | None] = field(default_factory=dict)
-
-
-def _entries_by_pack(index) -> dict[str, list[PackEntry]]:
-    by_pack: dict[str, list[PackEntry]] = {}
-    for location in index.locations.values():
-        by_pack.setdefault(location.pack_id, []).append(location.entry)
-    for duplicates in index.duplicates.values():
-        for location in duplicates:
-            by_pack.setdefault(location.pack_id, []).append(location.entry)
-    return by_pack
-
-
-def _check_packs(repository: Repository, present: dict[str, int], report: VerifyReport, data: _PackChecks, pack_ids: Collection[str] | None = None) -> None:
-    """Re-hash every indexed pack (or those in ``pack_ids``), compare its header with the
-    index, and check every chunk the index places in it."""
+def _check_packs(repository: Repository, present: dict[str, int], report: VerifyReport, state: _State, pack_ids: Collection[str] | None = None) -> None:
+    """Re-hash every indexed pack (or those in ``pack_ids``) and compare its header with the index."""
     index = repository.index()
-    bad = data.bad
-    by_pack = _entries_by_pack(index)
+    bad = state.bad_packs
+    by_pack: dict[str, list[PackEntry]] = {}
+    for location in itertools.chain(index.locations.values(), itertools.chain.from_iterable(index.duplicates.values())):
+        by_pack.setdefault(location.pack_id, []).append(location.entry)
+        state.frames.setdefault((location.pack_id, location.entry.frame_offset), []).append(location.entry)
     progress.begin("verify packs", sum(index.pack_sizes.values()))
     for pack_id, size in sorted(index.pack_sizes.items()):
         if pack_ids is not None and pack_id not in pack_ids:
@@ -151,27 +157,22 @@ def _check_packs(repository: Repository, present: dict[str, int], report: Verify
             bad[pack_id] = f"pack {pack_id} is {present[pack_id]} bytes, the index says {size}: it was truncated or replaced"
             continue
         try:
-            content = repository.storage.get(pack_name(pack_id))
+            data = repository.storage.get(pack_name(pack_id))
         except StorageError as error:
             bad[pack_id] = f"pack {pack_id} cannot be read: {error}"
             continue
-        report.bytes_read += len(content)
-        progress.advance(len(content))
-        if hashlib.sha256(content).hexdigest() != pack_id:
-            # Not fatal for the whole pack: the chunk check below names exactly the
-            # chunks that were hit, and the file check the snapshots they affect.
+        report.bytes_read += len(data)
+        progress.advance(len(data))
+        if hashlib.sha256(data).hexdigest() != pack_id:
+            # Not fatal for the whole pack: the file check hashes every chunk it
+            # needs and names exactly the ones that were hit.
             report.problems.append(Problem(kind="pack-hash", message=f"pack {pack_id} does not hash to its name: its bytes were changed", pack_id=pack_id))
-        entries = by_pack.get(pack_id, [])
-        header_problem = _header_problem(repository, entries, content, pack_id)
+        header_problem = _header_problem(repository, by_pack.get(pack_id, []), data, pack_id)
         if header_problem is not None:
             # The header is the redundant copy of the index used to rebuild it; its
             # damage alone leaves every chunk readable through the index, so the
             # file check decides which snapshots (if any) lost bytes.
             report.problems.append(Problem(kind="pack-header", message=header_problem, pack_id=pack_id))
-        for chunk_id, error in repository.check_pack_chunks(pack_id, content, entries).items():
-            data.damaged[(pack_id, chunk_id)] = error
-        data.checked.add(pack_id)
-        del content
     for pack_id, message in bad.items():
         report.problems.append(Problem(kind="bad-pack", message=message, pack_id=pack_id))
 
@@ -206,130 +207,200 @@ def _chunk_problem(repository: Repository, chunk_id: str, present: dict[str, int
     return f"chunk {chunk_id}: " + "; ".join(reasons)
 
 
-def _read_list(repository: Repository, list_id: str, state: _FileChecks) -> list[str]:
-    """The ids a chunk list holds, read (and hash-checked) once per verification."""
-    data = state.lists.get(list_id)
-    if data is None:
-        data = repository.read_chunk(list_id)
-        if len(data) % 32:
-            raise CorruptChunk(f"chunk list {list_id} has a length that is not a multiple of 32")
-        state.lists[list_id] = data
-    return [data[position : position + 32].hex() for position in range(0, len(data), 32)]
+def _cached_status(repository: Repository, chunk_id: str, state: _State) -> str | None:
+    """Why no copy of a chunk is stored, or None; the common answer costs one lookup."""
+    location = repository.index().locations.get(chunk_id)
+    if location is not None and location.pack_id in state.good_packs:
+        return None
+    status = state.chunk_status
+    if chunk_id not in status:
+        status[chunk_id] = _chunk_problem(repository, chunk_id, state.present, state.bad_packs)
+    return status[chunk_id]
 
 
-def _read_copy_problem(repository: Repository, chunk_id: str, packs: _PackChecks) -> str | None | bool:
-    """Whether the pack check already settled a chunk: None (a copy is intact), a
-    message (no copy is, worded as a failed read would be), or False (some copy
-    lies in a pack not re-read here)."""
-    failures: list[CorruptData] = []
-    for location in repository.index().all_locations(chunk_id):
-        if location.pack_id not in packs.checked:
-            return False
-        failure = packs.damaged.get((location.pack_id, chunk_id))
-        if failure is None:
-            return None
-        failures.append(failure)
-    if len(failures) == 1:
-        return str(failures[0])
-    return f"chunk {chunk_id}: no intact copy ({'; '.join(str(failure) for failure in failures)})"
+def _leaf_lists(repository: Repository, list_ids: Sequence[str], levels: int, state: _State) -> Iterator[list[str]]:
+    """The data chunk ids of a chunk list tree, one leaf list at a time, in order.
+
+    Raises _Damage on a list that is missing or damaged.
+    """
+    for list_id in list_ids:
+        reason = _cached_status(repository, list_id, state)
+        if reason is not None:
+            raise _Damage("missing-chunk", f"chunk list {reason}", list_id)
+        data = state.lists.get(list_id)
+        if data is None:
+            try:
+                data = repository.read_chunk(list_id)
+            except CorruptData as error:
+                raise _Damage("corrupt-chunk", str(error), list_id) from error
+            if len(data) % 32:
+                raise _Damage("corrupt-chunk", f"chunk list {list_id} has a length that is not a multiple of 32", list_id)
+            if len(state.lists) < LIST_CACHE_ENTRIES:
+                state.lists[list_id] = data
+        text = data.hex()
+        ids = [text[position : position + 64] for position in range(0, len(text), 64)]
+        if levels == 1:
+            yield ids
+        else:
+            yield from _leaf_lists(repository, ids, levels - 1, state)
 
 
-def _check_file(repository: Repository, snapshot: Snapshot, entry, state: _FileChecks, report: VerifyReport) -> None:
+def _check_structure(repository: Repository, snapshot: Snapshot, entry: FileEntry, state: _State, report: VerifyReport) -> bool:
+    """Check that every chunk of the file is indexed in a present pack; True if so."""
+
     def problem(kind: str, message: str, chunk_id: str | None = None) -> None:
         report.problems.append(Problem(kind=kind, message=message, snapshot_id=snapshot.id, path=entry.path, chunk_id=chunk_id))
 
-    chunk_ids: list[str] = []
-
-    def expand(list_ids: Sequence[str], levels: int) -> bool:
-        """Append the data chunk ids of a chunk list tree, level by level; False on damage."""
-        for list_id in list_ids:
-            reason = _cached_status(repository, list_id, state)
-            if reason is not None:
-                problem("missing-chunk", f"chunk list {reason}", list_id)
-                return False
-            try:
-                ids = _read_list(repository, list_id, state)
-            except CorruptData as error:
-                problem("corrupt-chunk", str(error), list_id)
-                return False
-            if levels == 1:
-                chunk_ids.extend(ids)
-            elif not expand(ids, levels - 1):
-                return False
-        return True
-
-    if not expand(entry.chunk_lists, entry.chunk_list_levels):
-        return
-    if len(chunk_ids) != entry.chunk_count:
-        problem("chunk-count", f"file lists {len(chunk_ids)} chunks, the manifest says {entry.chunk_count}")
-        return
-    damaged = False
-    status = state.chunk_status
-    for chunk_id in chunk_ids:
-        reason = status[chunk_id] if chunk_id in status else _cached_status(repository, chunk_id, state)
-        if reason is not None:
-            problem("missing-chunk", reason, chunk_id)
-            damaged = True
-    report.chunks_checked += len(chunk_ids)
-    if damaged or not report.read_data:
-        return
-    key = (entry.sha256, entry.size, entry.chunk_lists, entry.chunk_list_levels)
-    if key in state.files:
-        outcome = state.files[key]
-        if outcome is not None:
-            problem(*outcome)
-        progress.advance(entry.size)
-        return
-    outcome = _reassemble(repository, entry, chunk_ids, state.packs)
-    state.files[key] = outcome
-    if outcome is not None:
-        problem(*outcome)
+    missing: list[tuple[str, str]] = []
+    count = 0
+    locations = repository.index().locations
+    good_packs = state.good_packs
+    try:
+        for ids in _leaf_lists(repository, entry.chunk_lists, entry.chunk_list_levels, state):
+            count += len(ids)
+            for chunk_id in ids:
+                location = locations.get(chunk_id)
+                if location is None or location.pack_id not in good_packs:
+                    reason = _cached_status(repository, chunk_id, state)
+                    if reason is not None:
+                        missing.append((reason, chunk_id))
+    except _Damage as damage:
+        problem(*damage.outcome)
+        return False
+    if count != entry.chunk_count:
+        problem("chunk-count", f"file lists {count} chunks, the manifest says {entry.chunk_count}")
+        return False
+    report.chunks_checked += count
+    for reason, chunk_id in missing:
+        problem("missing-chunk", reason, chunk_id)
+    return not missing
 
 
-def _reassemble(repository: Repository, entry, chunk_ids: list[str], packs: _PackChecks) -> tuple[str, str, str | None] | None:
-    """Hash the file's bytes in order; returns (kind, message, chunk id) of its problem, or None.
+def _check_contents(repository: Repository, pending: Sequence[tuple[Snapshot, FileEntry]], state: _State, report: VerifyReport) -> None:
+    """Reassemble each distinct file once and compare it with its recorded SHA-256.
 
-    Chunks the pack check settled are read without hashing them again, from a
-    copy that passed; any other chunk is read through ``read_chunk``. Either
-    way the whole file must match its recorded SHA-256.
+    Entries equal in SHA-256, size and chunk lists name the same bytes (a
+    snapshot of an unchanged database), so they share one outcome. Versions of
+    one path are reassembled side by side, LOCKSTEP_FILES at a time, so the
+    frames they share are opened and checked once.
     """
-    settled = True
-    if packs.damaged or not packs.checked.issuperset(repository.index().pack_sizes):
-        for chunk_id in chunk_ids:
-            found = _read_copy_problem(repository, chunk_id, packs)
-            if found is False:
-                settled = False
-            elif found is not None:
-                return ("corrupt-chunk", found, chunk_id)
-    # else: every indexed copy of every chunk passed the pack check (the structure
-    # check already found each of this file's chunks in the index)
-    digest = hashlib.sha256()
-    size = 0
-    if settled:
+    outcomes: dict[tuple[object, ...], _Outcome | None] = {}
+    by_path: dict[str, list[FileEntry]] = {}
+    for _, entry in pending:
+        key = _content_key(entry)
+        if key not in outcomes:
+            outcomes[key] = None
+            by_path.setdefault(entry.path, []).append(entry)
+    done: set[tuple[object, ...]] = set()
+    for entries in by_path.values():
+        for start in range(0, len(entries), LOCKSTEP_FILES):
+            batch = entries[start : start + LOCKSTEP_FILES]
+            for entry, outcome in zip(batch, _reassemble(repository, batch, state)):
+                outcomes[_content_key(entry)] = outcome
+    for snapshot, entry in pending:
+        key = _content_key(entry)
+        if key in done:
+            progress.advance(entry.size)
+        done.add(key)
+        outcome = outcomes[key]
+        if outcome is not None:
+            kind, message, chunk_id = outcome
+            report.problems.append(Problem(kind=kind, message=message, snapshot_id=snapshot.id, path=entry.path, chunk_id=chunk_id))
+
+
+def _content_key(entry: FileEntry) -> tuple[object, ...]:
+    return (entry.sha256, entry.size, entry.chunk_lists, entry.chunk_list_levels)
+
+
+def _reassemble(repository: Repository, entries: Sequence[FileEntry], state: _State) -> list[_Outcome | None]:
+    """Hash each entry's bytes in order, advancing whichever is furthest behind."""
+    streams = [_pieces(repository, entry, state) for entry in entries]
+    digests = [hashlib.sha256() for _ in entries]
+    sizes = [0] * len(entries)
+    outcomes: list[_Outcome | None] = [None] * len(entries)
+    finished: list[int] = []
+    waiting = [(0, number) for number in range(len(entries))]
+    while waiting:
+        _, number = heapq.heappop(waiting)
         try:
-            for piece in repository.read_unchecked(chunk_ids, avoid=packs.damaged):
-                digest.update(piece)
-                size += len(piece)
-                progress.advance(len(piece))
-        except CorruptData as error:
-            # The packs changed since they were checked: say what the read found.
-            return ("corrupt-chunk", str(error), None)
-    else:
-        for chunk_id in chunk_ids:
-            try:
-                data = repository.read_chunk(chunk_id)
-            except CorruptData as error:
-                return ("corrupt-chunk", str(error), chunk_id)
-            digest.update(data)
-            size += len(data)
-            progress.advance(len(data))
-    if size != entry.size or digest.hexdigest() != entry.sha256:
-        return ("file-hash", f"file bytes do not match the recorded SHA-256 {entry.sha256}", None)
-    return None
+            piece = next(streams[number])
+        except StopIteration:
+            finished.append(number)
+            continue
+        except _Damage as damage:
+            outcomes[number] = damage.outcome
+            continue
+        digests[number].update(piece)
+        sizes[number] += len(piece)
+        progress.advance(len(piece))
+        heapq.heappush(waiting, (sizes[number], number))
+    for number in finished:
+        entry = entries[number]
+        if sizes[number] != entry.size or digests[number].hexdigest() != entry.sha256:
+            outcomes[number] = ("file-hash", f"file bytes do not match the recorded SHA-256 {entry.sha256}", None)
+    return outcomes
 
 
-def _cached_status(repository: Repository, chunk_id: str, state: _FileChecks) -> str | None:
-    status = state.chunk_status
-    if chunk_id not in status:
-        status[chunk_id] = _chunk_problem(repository, chunk_id, state.present, state.packs.bad)
-    return status[chunk_id]
+def _pieces(repository: Repository, entry: FileEntry, state: _State) -> Iterator[memoryview]:
+    """The file's bytes as runs of adjacent chunks, each from a copy that passed its check.
+
+    Raises _Damage naming the first chunk with no intact copy.
+    """
+    locations = repository.index().locations
+    checked = state.checked
+    damaged = state.damaged
+    run_frame: bytes = b""
+    run_pack = ""
+    run_offset = -1
+    run_start = run_end = 0
+    for ids in _leaf_lists(repository, entry.chunk_lists, entry.chunk_list_levels, state):
+        for chunk_id in ids:
+            location = locations.get(chunk_id)
+            if location is None:
+                raise _Damage("missing-chunk", f"chunk {chunk_id} is not in any index", chunk_id)
+            chunk = location.entry
+            pack_id = location.pack_id
+            if (pack_id != run_pack or chunk.frame_offset != run_offset) and (pack_id, chunk.frame_offset) not in checked:
+                _check_frame(repository, location, state)
+            if damaged and (pack_id, chunk_id) in damaged:
+                location = _intact_copy(repository, chunk_id, state)
+                chunk = location.entry
+                pack_id = location.pack_id
+            if pack_id != run_pack or chunk.frame_offset != run_offset or chunk.offset_in_frame != run_end:
+                if run_end > run_start:
+                    yield memoryview(run_frame)[run_start:run_end]
+                if pack_id != run_pack or chunk.frame_offset != run_offset:
+                    try:
+                        run_frame = repository.read_frame(pack_id, chunk)
+                    except CorruptData as error:  # changed on disk since its check
+                        raise _Damage("corrupt-chunk", str(error), chunk_id) from error
+                    run_pack, run_offset = pack_id, chunk.frame_offset
+                run_start = chunk.offset_in_frame
+            run_end = chunk.offset_in_frame + chunk.length
+            if run_end > len(run_frame):  # changed on disk since its check
+                raise _Damage("corrupt-chunk", f"chunk {chunk_id} in pack {pack_id} lies past the end of its frame", chunk_id)
+    if run_end > run_start:
+        yield memoryview(run_frame)[run_start:run_end]
+
+
+def _check_frame(repository: Repository, location: ChunkLocation, state: _State) -> None:
+    key = (location.pack_id, location.entry.frame_offset)
+    state.checked.add(key)
+    members = state.frames.get(key) or [location.entry]
+    for chunk_id, error in repository.check_frame(location.pack_id, members).items():
+        state.damaged[(location.pack_id, chunk_id)] = error
+
+
+def _intact_copy(repository: Repository, chunk_id: str, state: _State) -> ChunkLocation:
+    """A copy of the chunk that passed its check; raises _Damage worded as ``read_chunk`` words it."""
+    failures: list[CorruptData] = []
+    for location in repository.index().all_locations(chunk_id):
+        if (location.pack_id, location.entry.frame_offset) not in state.checked:
+            _check_frame(repository, location, state)
+        failure = state.damaged.get((location.pack_id, chunk_id))
+        if failure is None:
+            return location
+        failures.append(failure)
+    if len(failures) == 1:
+        raise _Damage("corrupt-chunk", str(failures[0]), chunk_id)
+    raise _Damage("corrupt-chunk", f"chunk {chunk_id}: no intact copy ({'; '.join(str(failure) for failure in failures)})", chunk_id)

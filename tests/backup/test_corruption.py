@@ -204,3 +204,22 @@ def test_restore_and_verify_use_the_copy_a_later_backup_stored_again(two_snapsho
     assert report.affected_snapshots == []
     assert {problem.kind for problem in report.problems} == {"bad-pack"}
     assert third.id in report.verified_snapshots and second.id in report.verified_snapshots
+
+
+def test_damaged_chunk_shared_by_every_snapshot_is_named_in_each(two_snapshots):
+    """Verify checks a frame once for all snapshots that share it, and an unchanged
+    file once for all snapshots that hold it: the damage must still reach each one."""
+    settings, first, second, pack = two_snapshots
+    shared = next(path for path in _packs(settings) if path != pack)
+    _flip_bit(shared, 100)
+
+    report = verify_backup(settings, read_data=True)
+
+    assert report.affected_snapshots == sorted([first.id, second.id])
+    named = []
+    for snapshot in (first, second):
+        hit = [problem for problem in report.problems if problem.snapshot_id == snapshot.id and problem.path == "app.db"]
+        assert len(hit) == 1 and hit[0].kind == "corrupt-chunk"
+        assert hit[0].chunk_id and hit[0].chunk_id in hit[0].message
+        named.append(hit[0].chunk_id)
+    assert named[0] == named[1]
