@@ -44,7 +44,8 @@ MAX_ENTRIES = MAX_FRAME_BYTES
 #: one frame and its header; a pack said to be larger than this is damage.
 MAX_PACK_BYTES = 64 * 1024 * 1024
 
-_HEX_ID = re.compile(r"^[0-9a-f]{64}$")
+#: fullmatch, not ``^...$``: ``$`` also matches before a trailing newline.
+_HEX_ID = re.compile(r"[0-9a-f]{64}").fullmatch
 
 
 def check_id(value: object, what: str = "id") -> str:
@@ -52,7 +53,7 @@ def check_id(value: object, what: str = "id") -> str:
 
     Every id read from disk passes through here before it can become a path.
     """
-    if not isinstance(value, str) or not _HEX_ID.match(value):
+    if not isinstance(value, str) or _HEX_ID(value) is None:
         raise CorruptPack(f"invalid {what} {str(value)[:80]!r}: expected 64 lowercase hex characters")
     return value
 
@@ -88,15 +89,18 @@ class PackEntry:
             and min(frame_offset, frame_length, offset_in_frame, length, compression) >= 0
         ):
             raise CorruptPack(f"index entry for {str(chunk_id)[:80]!r} has a field that is not a non-negative integer")
+        if type(chunk_id) is not str or _HEX_ID(chunk_id) is None:
+            check_id(chunk_id, "chunk id")  # raises, naming the id
         entry = cls(
-            chunk_id=check_id(chunk_id, "chunk id"),
+            chunk_id=chunk_id,
             frame_offset=frame_offset,
             frame_length=frame_length,
             offset_in_frame=offset_in_frame,
             length=length,
             compression=compression,
         )
-        entry.check_bounds()
+        if compression > COMPRESSION_ZSTD or offset_in_frame + length > MAX_FRAME_BYTES or frame_length > MAX_FRAME_BYTES:
+            entry.check_bounds()  # raises, saying which bound
         return entry
 
     def check_bounds(self) -> None:
