@@ -22,7 +22,7 @@ import hashlib
 import io
 import re
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import zstandard
@@ -234,8 +234,11 @@ def encode_sealed_header(frames: Sequence[tuple[int, Frame]], seal: Callable[[by
     return sealed + TRAILER.pack(len(sealed), MAGIC_SEALED)
 
 
-def parse_sealed_pack(data: bytes, pack_name: str, open_header: Callable[[bytes], bytes]) -> list[PackEntry]:
-    """Parse a whole pack of an encrypted repository; ``open_header`` authenticates the header."""
+def split_sealed_pack(data: bytes, pack_name: str, open_header: Callable[[bytes], bytes]) -> tuple[bytes, int]:
+    """(header entries, where the frames end) of a whole pack of an encrypted repository.
+
+    ``open_header`` authenticates the header. Raises CorruptPack on a bad trailer.
+    """
     trailer = data[-TRAILER.size :]
     if len(trailer) != TRAILER.size:
         raise CorruptPack(f"pack {pack_name} is too short to hold a trailer")
@@ -248,14 +251,42 @@ def parse_sealed_pack(data: bytes, pack_name: str, open_header: Callable[[bytes]
     header = open_header(data[frames_end : len(data) - TRAILER.size])
     if len(header) % ENTRY.size:
         raise CorruptPack(f"pack {pack_name} has a header that is not a whole number of entries")
-    return parse_header(header, frames_end, pack_name)
+    return header, frames_end
+
+
+def parse_sealed_pack(data: bytes, pack_name: str, open_header: Callable[[bytes], bytes]) -> list[PackEntry]:
+    """Parse a whole pack of an encrypted repository; ``open_header`` authenticates the header."""
+    return parse_header(*split_sealed_pack(data, pack_name, open_header), pack_name)
+
+
+def split_pack(data: bytes, pack_name: str) -> tuple[bytes, int]:
+    """(header entries, where the frames end) of a whole pack; raises CorruptPack on a bad trailer."""
+    length = header_length(data[-TRAILER.size :], len(data), pack_name)
+    frames_end = len(data) - TRAILER.size - length
+    return data[frames_end : len(data) - TRAILER.size], frames_end
 
 
 def parse_pack(data: bytes, pack_name: str) -> list[PackEntry]:
     """Parse a whole pack held in memory (verify and index rebuild)."""
-    length = header_length(data[-TRAILER.size :], len(data), pack_name)
-    frames_end = len(data) - TRAILER.size - length
-    return parse_header(data[frames_end : len(data) - TRAILER.size], frames_end, pack_name)
+    return parse_header(*split_pack(data, pack_name), pack_name)
+
+
+def header_covers(header: bytes, frames_end: int, entries: Iterable[PackEntry]) -> bool:
+    """True if the header's entries are all in bounds and include every one of ``entries``.
+
+    The answer ``parse_header`` and a set comparison would give for a sound
+    header, without building an object per entry; False sends the caller to
+    ``parse_header`` for the precise complaint.
+    """
+    rows = set(ENTRY.iter_unpack(header))
+    for _, frame_offset, frame_length, offset_in_frame, length, compression in rows:
+        if compression > COMPRESSION_ZSTD or offset_in_frame + length > MAX_FRAME_BYTES or frame_length > MAX_FRAME_BYTES or frame_offset + frame_length > frames_end:
+            return False
+    fromhex = bytes.fromhex
+    return all(
+        (fromhex(entry.chunk_id), entry.frame_offset, entry.frame_length, entry.offset_in_frame, entry.length, entry.compression) in rows
+        for entry in entries
+    )
 
 
 def chunk_id_of(data: bytes | memoryview) -> str:

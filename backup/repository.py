@@ -377,10 +377,14 @@ class Repository:
 
     def parse_pack(self, data: bytes, pack_id: str) -> list[PackEntry]:
         """The entries of a whole pack held in memory (verify, index rebuild)."""
+        return packformat.parse_header(*self.split_pack(data, pack_id), pack_id)
+
+    def split_pack(self, data: bytes, pack_id: str) -> tuple[bytes, int]:
+        """(header entries, where the frames end) of a whole pack; the header authenticated when encrypted."""
         if self.keys is None:
-            return packformat.parse_pack(data, pack_id)
+            return packformat.split_pack(data, pack_id)
         keys = self.keys
-        return packformat.parse_sealed_pack(data, pack_id, lambda sealed: keys.open(sealed, self._aad("pack-header"), f"header of pack {pack_id}"))
+        return packformat.split_sealed_pack(data, pack_id, lambda sealed: keys.open(sealed, self._aad("pack-header"), f"header of pack {pack_id}"))
 
     def _decode_index(self, data: bytes, name: str) -> dict[str, tuple[int, list[PackEntry]]]:
         if self.keys is None:

@@ -16,6 +16,7 @@ import itertools
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from . import pack as packformat
 from . import progress
 from .errors import CorruptData, StorageError
 from .manifest import FileEntry, Snapshot
@@ -180,7 +181,10 @@ def _check_packs(repository: Repository, present: dict[str, int], report: Verify
 def _header_problem(repository: Repository, indexed: list[PackEntry], data: bytes, pack_id: str) -> str | None:
     """Why the pack's trailing header cannot rebuild the index entries for it, or None."""
     try:
-        entries = repository.parse_pack(data, pack_id)
+        header, frames_end = repository.split_pack(data, pack_id)
+        if packformat.header_covers(header, frames_end, indexed):
+            return None
+        entries = packformat.parse_header(header, frames_end, pack_id)
     except CorruptData as error:
         return f"{error}; the index can no longer be rebuilt from this pack"
     if not set(indexed).issubset(set(entries)):
