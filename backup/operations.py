@@ -607,7 +607,8 @@ def _materialise(repository: Repository, item: RestoreItem) -> Path:
     try:
         try:
             try:
-                digest, size = _write_pieces(descriptor, _file_chunk_ids(repository, entry), repository.read_unchecked)
+                chunk_ids = repository.chunk_ids_of(entry.chunk_lists, levels=entry.chunk_list_levels)
+                digest, size = _write_pieces(descriptor, repository.read_unchecked(chunk_ids))
             except CorruptData:
                 digest, size = None, -1
             if size != entry.size or digest is None or digest.hexdigest() != entry.sha256:
@@ -616,7 +617,7 @@ def _materialise(repository: Repository, item: RestoreItem) -> Path:
                 # or finds an intact copy of it stored again elsewhere.
                 os.ftruncate(descriptor, 0)
                 os.lseek(descriptor, 0, os.SEEK_SET)
-                digest, size = _write_pieces(descriptor, repository.read_file_chunks(entry.chunk_lists, levels=entry.chunk_list_levels), None)
+                digest, size = _write_pieces(descriptor, repository.read_file_chunks(entry.chunk_lists, levels=entry.chunk_list_levels))
             fsio.fsync(descriptor)
         finally:
             os.close(descriptor)
@@ -646,18 +647,8 @@ def _materialise(repository: Repository, item: RestoreItem) -> Path:
     return temp
 
 
-def _file_chunk_ids(repository: Repository, entry: FileEntry) -> Iterator[str]:
-    """The file's data chunk ids (its chunk lists hash-checked on the way)."""
-    return repository.chunk_ids_of(entry.chunk_lists, levels=entry.chunk_list_levels)
-
-
-def _write_pieces(descriptor: int, source, read: Callable[..., Iterable[bytes | memoryview]] | None) -> tuple[hashlib._Hash, int]:
-    """Write pieces to ``descriptor`` in WRITE_PIECE batches; returns (SHA-256 so far, size).
-
-    ``read`` None: ``source`` already yields the pieces; else it is called with
-    ``source`` to get them.
-    """
-    pieces = source if read is None else read(source)
+def _write_pieces(descriptor: int, pieces: Iterable[bytes | memoryview]) -> tuple[hashlib._Hash, int]:
+    """Write pieces to ``descriptor`` in WRITE_PIECE batches; returns (their SHA-256, size)."""
     digest = hashlib.sha256()
     size = 0
     buffer = bytearray()
