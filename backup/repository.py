@@ -26,7 +26,7 @@ import dataclasses
 import hashlib
 import json
 import secrets
-from collections.abc import Callable, Container, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -632,21 +632,19 @@ class Repository:
         for chunk_id in self.chunk_ids_of(chunk_lists, levels=levels):
             yield self.read_chunk(chunk_id)
 
-    def read_unchecked(self, chunk_ids: Iterable[str], *, avoid: Container[tuple[str, str]] = ()) -> Iterator[memoryview]:
+    def read_unchecked(self, chunk_ids: Iterable[str]) -> Iterator[memoryview]:
         """The chunks' bytes in order, as runs of adjacent chunks, WITHOUT checking data chunk hashes.
 
         Only for a caller that compares everything it reads with the whole-file
         SHA-256 of a sealed manifest (the same chain of trust: the manifest fixes
         the chunk ids and the file's hash) and, when that fails, reads again
         through ``read_chunk``, which names the damaged chunk and tries its other
-        copies. Frames are still authenticated in an encrypted repository. Each
-        chunk is read from its first location not in ``avoid`` ((pack id, chunk
-        id) pairs known to be damaged). A run is a view into a decompressed
-        frame. Raises CorruptData when a chunk is
-        not indexed or its frame cannot be read, opened or is too short.
+        copies. Each chunk is read from its first location; frames are still
+        authenticated in an encrypted repository. A run is a view into a
+        decompressed frame. Raises CorruptData when a chunk is not indexed or its
+        frame cannot be read, opened, or is too short.
         """
-        index = self.index()
-        locations = index.locations
+        locations = self.index().locations
         run_frame: bytes = b""
         run_pack = ""
         run_offset = -1
@@ -655,8 +653,6 @@ class Repository:
             location = locations.get(chunk_id)
             if location is None:
                 raise CorruptChunk(f"chunk {chunk_id} is not in the index: its data is missing from the repository")
-            if avoid and (location.pack_id, chunk_id) in avoid:
-                location = next((other for other in index.all_locations(chunk_id) if (other.pack_id, chunk_id) not in avoid), location)
             entry = location.entry
             if location.pack_id != run_pack or entry.frame_offset != run_offset or entry.offset_in_frame != run_end:
                 if run_end > run_start:
