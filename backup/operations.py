@@ -64,6 +64,8 @@ from .storage import describe_os_error, open_storage
 from .verification import Problem, VerifyReport, verify_repository
 
 READ_PIECE = 1024 * 1024
+#: Restored bytes are gathered into writes of about this size.
+WRITE_PIECE = 1024 * 1024
 
 
 def _utc_now() -> datetime:
@@ -630,8 +632,10 @@ def restore_backup(
 ) -> RestoreReport:
     """Restore a snapshot's files into the project (or ``target``), safely.
 
-    Order: verify every byte into temp files beside the destinations (chunk
-    hashes, whole-file SHA-256, integrity_check) -> take a safety snapshot of
+    Order: verify every byte into temp files beside the destinations (whole-file
+    SHA-256, integrity_check; when the SHA-256 fails the file is read again with
+    every chunk hash checked, which names the damaged chunk or finds an intact
+    copy stored again) -> take a safety snapshot of
     the live files about to be overwritten -> write (SQLite through the online
     backup API, plain files by rename). Anything failing before the write leaves
     the live files untouched. Raises RestoreRefused when files would be
@@ -704,19 +708,25 @@ def _materialise(repository: Repository, item: RestoreItem) -> Path:
     except OSError as error:
         raise _target_error(directory, error) from error
     problems: list[Problem] = []
+    entry = item.entry
     try:
-        digest = hashlib.sha256()
-        size = 0
         try:
-            for chunk in repository.read_file_chunks(item.entry.chunk_lists, levels=item.entry.chunk_list_levels):
-                fsio.write(descriptor, chunk)
-                digest.update(chunk)
-                size += len(chunk)
-                progress.advance(len(chunk))
+            try:
+                chunk_ids = repository.chunk_ids_of(entry.chunk_lists, levels=entry.chunk_list_levels)
+                digest, size = _write_pieces(descriptor, repository.read_unchecked(chunk_ids))
+            except CorruptData:
+                digest, size = None, -1
+            if size != entry.size or digest is None or digest.hexdigest() != entry.sha256:
+                # The fast read trusts the whole-file SHA-256; when it fails, read again
+                # chunk by chunk with every hash checked: that names the damaged chunk,
+                # or finds an intact copy of it stored again elsewhere.
+                os.ftruncate(descriptor, 0)
+                os.lseek(descriptor, 0, os.SEEK_SET)
+                digest, size = _write_pieces(descriptor, repository.read_file_chunks(entry.chunk_lists, levels=entry.chunk_list_levels))
             fsio.fsync(descriptor)
         finally:
             os.close(descriptor)
-        if digest.hexdigest() != item.entry.sha256 or size != item.entry.size:
+        if digest.hexdigest() != entry.sha256 or size != entry.size:
             problems.append(Problem(kind="file-hash", message="restored bytes do not match the recorded SHA-256", snapshot_id=None, path=item.entry.path))
         elif item.entry.sqlite is not None:
             for message in check_sqlite_copy(temp, item.entry.sqlite):
@@ -740,6 +750,27 @@ def _materialise(repository: Repository, item: RestoreItem) -> Path:
             problems,
         )
     return temp
+
+
+def _write_pieces(descriptor: int, pieces: Iterable[bytes | memoryview]) -> tuple[hashlib._Hash, int]:
+    """Write pieces to ``descriptor`` in WRITE_PIECE batches; returns (their SHA-256, size)."""
+    digest = hashlib.sha256()
+    size = 0
+    buffer = bytearray()
+    for piece in pieces:
+        buffer += piece
+        if len(buffer) >= WRITE_PIECE:
+            digest.update(buffer)
+            fsio.write(descriptor, buffer)
+            size += len(buffer)
+            progress.advance(len(buffer))
+            buffer.clear()
+    if buffer:
+        digest.update(buffer)
+        fsio.write(descriptor, buffer)
+        size += len(buffer)
+        progress.advance(len(buffer))
+    return digest, size
 
 
 def _safety_snapshot(repository: Repository, lock: locking.Lock, settings: Settings, plan: RestorePlan) -> Snapshot | None:

@@ -25,7 +25,7 @@ import hashlib
 import io
 import re
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import zstandard
@@ -55,7 +55,8 @@ MAX_ENTRIES = MAX_FRAME_BYTES
 #: one frame and its header; a pack said to be larger than this is damage.
 MAX_PACK_BYTES = 64 * 1024 * 1024
 
-_HEX_ID = re.compile(r"^[0-9a-f]{64}$")
+#: fullmatch, not ``^...$``: ``$`` also matches before a trailing newline.
+_HEX_ID = re.compile(r"[0-9a-f]{64}").fullmatch
 
 
 def check_id(value: object, what: str = "id") -> str:
@@ -63,7 +64,7 @@ def check_id(value: object, what: str = "id") -> str:
 
     Every id read from disk passes through here before it can become a path.
     """
-    if not isinstance(value, str) or not _HEX_ID.match(value):
+    if not isinstance(value, str) or _HEX_ID(value) is None:
         raise CorruptPack(f"invalid {what} {str(value)[:80]!r}: expected 64 lowercase hex characters")
     return value
 
@@ -85,21 +86,32 @@ class PackEntry:
     @classmethod
     def from_row(cls, row: object) -> PackEntry:
         """Parse an index row, refusing anything that is not exactly six sane fields."""
-        if not isinstance(row, list) or len(row) != 6:
+        if type(row) is not list or len(row) != 6:
             raise CorruptPack(f"index entry {str(row)[:80]!r} is not a 6-field list")
-        chunk_id, *numbers = row
-        if not all(isinstance(number, int) and not isinstance(number, bool) and number >= 0 for number in numbers):
+        chunk_id, frame_offset, frame_length, offset_in_frame, length, compression = row
+        # ``type(...) is int`` refuses bools (and int subclasses) in one test per field;
+        # an index holds tens of thousands of rows, so this loop is on the open path.
+        if not (
+            type(frame_offset) is int
+            and type(frame_length) is int
+            and type(offset_in_frame) is int
+            and type(length) is int
+            and type(compression) is int
+            and min(frame_offset, frame_length, offset_in_frame, length, compression) >= 0
+        ):
             raise CorruptPack(f"index entry for {str(chunk_id)[:80]!r} has a field that is not a non-negative integer")
-        frame_offset, frame_length, offset_in_frame, length, compression = numbers
+        if type(chunk_id) is not str or _HEX_ID(chunk_id) is None:
+            check_id(chunk_id, "chunk id")  # raises, naming the id
         entry = cls(
-            chunk_id=check_id(chunk_id, "chunk id"),
+            chunk_id=chunk_id,
             frame_offset=frame_offset,
             frame_length=frame_length,
             offset_in_frame=offset_in_frame,
             length=length,
             compression=compression,
         )
-        entry.check_bounds()
+        if compression > COMPRESSION_ZSTD or offset_in_frame + length > MAX_FRAME_BYTES or frame_length > MAX_FRAME_BYTES:
+            entry.check_bounds()  # raises, saying which bound
         return entry
 
     def check_bounds(self) -> None:
@@ -133,23 +145,26 @@ def compress_frame(chunks: Sequence[tuple[str, bytes]], compressor: zstandard.Zs
     return Frame(data=raw, compression=COMPRESSION_NONE, chunks=tuple(placed))
 
 
-def decompress_frame(data: bytes, compression: int) -> bytes:
+def decompress_frame(data: bytes | memoryview, compression: int) -> bytes:
     """Decompress a frame, never producing more than MAX_FRAME_BYTES (bomb guard).
 
-    A frame that declares its size (dbkeep's always do) is refused above the
-    limit before anything is decompressed; one that does not is streamed through
-    a reader that stops at the limit.
+    A frame that records its content size (every frame dbkeep writes) is
+    decompressed in one call once that size is known to be within the limit;
+    zstd itself refuses a frame whose output differs from the size it claims.
+    A frame without a recorded size streams through a reader rather than
+    trusting anything it says.
     """
     if compression == COMPRESSION_NONE:
-        return data
+        return bytes(data)
     try:
-        declared = zstandard.frame_content_size(data)
-        if declared > MAX_FRAME_BYTES:
-            raise CorruptChunk(f"frame decompresses to more than {MAX_FRAME_BYTES} bytes")
-        if declared >= 0:
-            # One allocation of the declared size; zstd refuses content that is
-            # longer or shorter than the frame declares.
-            return zstandard.ZstdDecompressor().decompress(data)
+        claimed = zstandard.frame_content_size(data)
+        if claimed > MAX_FRAME_BYTES:
+            raise CorruptChunk(f"frame decompresses to more than {MAX_FRAME_BYTES} bytes (its header claims {claimed})")
+        if claimed > 0:
+            output = zstandard.ZstdDecompressor().decompress(data)
+            if len(output) != claimed:
+                raise CorruptChunk(f"frame decompresses to {len(output)} bytes, not the {claimed} it claims")
+            return output
         with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=False) as reader:
             output = reader.read(MAX_FRAME_BYTES + 1)
     except zstandard.ZstdError as error:
@@ -233,8 +248,11 @@ def encode_sealed_header(frames: Sequence[tuple[int, Frame]], seal: Callable[[by
     return sealed + TRAILER.pack(len(sealed), MAGIC_SEALED)
 
 
-def parse_sealed_pack(data: bytes, pack_name: str, open_header: Callable[[bytes], bytes]) -> list[PackEntry]:
-    """Parse a whole pack of an encrypted repository; ``open_header`` authenticates the header."""
+def split_sealed_pack(data: bytes, pack_name: str, open_header: Callable[[bytes], bytes]) -> tuple[bytes, int]:
+    """(header entries, where the frames end) of a whole pack of an encrypted repository.
+
+    ``open_header`` authenticates the header. Raises CorruptPack on a bad trailer.
+    """
     trailer = data[-TRAILER.size :]
     if len(trailer) != TRAILER.size:
         raise CorruptPack(f"pack {pack_name} is too short to hold a trailer")
@@ -247,22 +265,53 @@ def parse_sealed_pack(data: bytes, pack_name: str, open_header: Callable[[bytes]
     header = open_header(data[frames_end : len(data) - TRAILER.size])
     if len(header) % ENTRY.size:
         raise CorruptPack(f"pack {pack_name} has a header that is not a whole number of entries")
-    return parse_header(header, frames_end, pack_name)
+    return header, frames_end
 
 
-def parse_pack(data: bytes, pack_name: str) -> list[PackEntry]:
-    """Parse a whole pack held in memory (verify and index rebuild), of either version."""
+def parse_sealed_pack(data: bytes, pack_name: str, open_header: Callable[[bytes], bytes]) -> list[PackEntry]:
+    """Parse a whole pack of an encrypted repository; ``open_header`` authenticates the header."""
+    return parse_header(*split_sealed_pack(data, pack_name, open_header), pack_name)
+
+
+def split_pack(data: bytes, pack_name: str) -> tuple[bytes, int]:
+    """(header entries, where the frames end) of a whole pack of either version.
+
+    A version 2 header is decompressed (bounded, see ``decompress_header``);
+    raises CorruptPack on a bad trailer or header.
+    """
     trailer = data[-TRAILER.size :]
     if len(trailer) == TRAILER.size and trailer.endswith(MAGIC_COMPRESSED):
         (stored,) = struct.unpack_from("<I", trailer)
         if stored + TRAILER.size > len(data):
             raise CorruptPack(f"pack {pack_name} claims a header longer than the pack")
         frames_end = len(data) - TRAILER.size - stored
-        header = decompress_header(data[frames_end : len(data) - TRAILER.size], pack_name)
-        return parse_header(header, frames_end, pack_name)
+        return decompress_header(data[frames_end : len(data) - TRAILER.size], pack_name), frames_end
     length = header_length(trailer, len(data), pack_name)
     frames_end = len(data) - TRAILER.size - length
-    return parse_header(data[frames_end : len(data) - TRAILER.size], frames_end, pack_name)
+    return data[frames_end : len(data) - TRAILER.size], frames_end
+
+
+def parse_pack(data: bytes, pack_name: str) -> list[PackEntry]:
+    """Parse a whole pack held in memory (verify and index rebuild)."""
+    return parse_header(*split_pack(data, pack_name), pack_name)
+
+
+def header_covers(header: bytes, frames_end: int, entries: Iterable[PackEntry]) -> bool:
+    """True if the header's entries are all in bounds and include every one of ``entries``.
+
+    The answer ``parse_header`` and a set comparison would give for a sound
+    header, without building an object per entry; False sends the caller to
+    ``parse_header`` for the precise complaint.
+    """
+    rows = set(ENTRY.iter_unpack(header))
+    for _, frame_offset, frame_length, offset_in_frame, length, compression in rows:
+        if compression > COMPRESSION_ZSTD or offset_in_frame + length > MAX_FRAME_BYTES or frame_length > MAX_FRAME_BYTES or frame_offset + frame_length > frames_end:
+            return False
+    fromhex = bytes.fromhex
+    return all(
+        (fromhex(entry.chunk_id), entry.frame_offset, entry.frame_length, entry.offset_in_frame, entry.length, entry.compression) in rows
+        for entry in entries
+    )
 
 
 def decompress_header(compressed: bytes, pack_name: str) -> bytes:

@@ -29,7 +29,7 @@ import json
 import secrets
 import struct
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,10 +76,13 @@ FRAMES_IN_FLIGHT = 2
 #: Threads compressing frames: zstd at level 3 is slower than hashing the same
 #: bytes, so two keep up with one reading thread.
 FRAME_WORKERS = 2
-#: Decompressed frames kept for reads, up to this many bytes: a restore reads from
-#: a leaf list frame and a data frame of FRAME_TARGET_BYTES at once, and after
-#: incremental backups from their small frames of scattered chunks as well.
-FRAME_CACHE_BYTES = 12 * 1024 * 1024
+#: Decompressed frames kept for reads: a restore reads from a leaf list frame and a
+#: data frame of FRAME_TARGET_BYTES at once (and after incremental backups from
+#: their small frames of scattered chunks as well), and verify reads a few versions
+#: of a file side by side, so their shared frames are opened once. The byte bound
+#: keeps memory flat.
+FRAME_CACHE_FRAMES = 16
+FRAME_CACHE_BYTES = 16 * 1024 * 1024
 #: Chunks read together by ``read_chunks``: each frame they need is decompressed once.
 READ_BATCH_BYTES = 8 * 1024 * 1024
 READ_BATCH_CHUNKS = 16384
@@ -465,10 +468,14 @@ class Repository:
 
     def parse_pack(self, data: bytes, pack_id: str) -> list[PackEntry]:
         """The entries of a whole pack held in memory (verify, index rebuild)."""
+        return packformat.parse_header(*self.split_pack(data, pack_id), pack_id)
+
+    def split_pack(self, data: bytes, pack_id: str) -> tuple[bytes, int]:
+        """(header entries, where the frames end) of a whole pack; the header authenticated when encrypted."""
         if self.keys is None:
-            return packformat.parse_pack(data, pack_id)
+            return packformat.split_pack(data, pack_id)
         keys = self.keys
-        return packformat.parse_sealed_pack(data, pack_id, lambda sealed: keys.open(sealed, self._aad("pack-header"), f"header of pack {pack_id}"))
+        return packformat.split_sealed_pack(data, pack_id, lambda sealed: keys.open(sealed, self._aad("pack-header"), f"header of pack {pack_id}"))
 
     def _decode_index(self, data: bytes, name: str) -> dict[str, tuple[int, list[PackEntry]]]:
         if self.keys is None:
@@ -585,15 +592,56 @@ class Repository:
             data = self._read_pack_range(pack_id, entry.frame_offset, entry.frame_length)
         except StorageError as error:
             raise CorruptPack(f"pack {pack_id} cannot be read for chunk {entry.chunk_id}: {error}") from error
-        if self.keys is not None:
-            # Authenticated before the decompressor sees a byte: tampering is never garbage.
-            data = self.keys.open(data, self._aad("frame"), f"frame at offset {entry.frame_offset} of pack {pack_id}")
-        frame = packformat.decompress_frame(data, entry.compression)
+        frame = self.open_frame(pack_id, entry, data)
         self._frame_cache[key] = frame
         self._frame_cache_bytes += len(frame)
-        while self._frame_cache_bytes > FRAME_CACHE_BYTES and len(self._frame_cache) > 1:
+        while len(self._frame_cache) > 1 and (len(self._frame_cache) > FRAME_CACHE_FRAMES or self._frame_cache_bytes > FRAME_CACHE_BYTES):
             self._frame_cache_bytes -= len(self._frame_cache.popitem(last=False)[1])
         return frame
+
+    def _forget_frame(self, key: tuple[str, int]) -> None:
+        frame = self._frame_cache.pop(key, None)
+        if frame is not None:
+            self._frame_cache_bytes -= len(frame)
+
+    def open_frame(self, pack_id: str, entry: PackEntry, data: bytes | memoryview) -> bytes:
+        """The decompressed frame holding ``entry`` from its stored bytes; raises CorruptData.
+
+        In an encrypted repository the frame is authenticated before the
+        decompressor sees a byte: tampering is never garbage.
+        """
+        if self.keys is not None:
+            data = self.keys.open(data, self._aad("frame"), f"frame at offset {entry.frame_offset} of pack {pack_id}")
+        return packformat.decompress_frame(data, entry.compression)
+
+    def check_frame(self, pack_id: str, entries: Sequence[PackEntry]) -> dict[str, CorruptData]:
+        """Open one frame and check every listed chunk in it; returns chunk id -> why that copy is bad.
+
+        ``entries`` all lie in the same frame of ``pack_id``. The frame is read and
+        opened once (authenticated when encrypted) and each chunk hashed against
+        its id exactly as ``read_chunk`` would, so problems read the same as a
+        failed read names them. An intact frame stays cached for the reads after.
+        """
+        first = entries[0]
+        try:
+            frame = self.read_frame(pack_id, first)
+        except CorruptData as error:
+            return {entry.chunk_id: error for entry in entries}
+        view = memoryview(frame)
+        chunk_id_of = self.chunk_id
+        damaged: dict[str, CorruptData] = {}
+        for entry in entries:
+            piece = view[entry.offset_in_frame : entry.offset_in_frame + entry.length]
+            if len(piece) != entry.length or chunk_id_of(piece) != entry.chunk_id:
+                damaged[entry.chunk_id] = self._mismatch(entry.chunk_id, pack_id)
+        if damaged:
+            self._forget_frame((pack_id, first.frame_offset))
+        return damaged
+
+    def _mismatch(self, chunk_id: str, pack_id: str) -> CorruptData:
+        if self.keys is not None:
+            return AuthenticationFailed(f"chunk {chunk_id} in pack {pack_id} does not match its keyed id: the frame was swapped or moved")
+        return CorruptChunk(f"chunk {chunk_id} in pack {pack_id} does not match its hash")
 
     def _read_pack_range(self, pack_id: str, offset: int, length: int) -> bytes:
         """Bytes of a pack, reading ahead (doubling up to READAHEAD_MAX) while access is sequential.
@@ -640,12 +688,8 @@ class Repository:
             data = frame[entry.offset_in_frame : entry.offset_in_frame + entry.length]
             if len(data) == entry.length and self.chunk_id(data) == chunk_id:
                 return data
-            dropped = self._frame_cache.pop((location.pack_id, entry.frame_offset), None)
-            self._frame_cache_bytes -= len(dropped) if dropped is not None else 0
-            if self.keys is not None:
-                failures.append(AuthenticationFailed(f"chunk {chunk_id} in pack {location.pack_id} does not match its keyed id: the frame was swapped or moved"))
-            else:
-                failures.append(CorruptChunk(f"chunk {chunk_id} in pack {location.pack_id} does not match its hash"))
+            self._forget_frame((location.pack_id, entry.frame_offset))
+            failures.append(self._mismatch(chunk_id, location.pack_id))
         if len(failures) == 1:
             raise failures[0]
         raise CorruptChunk(f"chunk {chunk_id}: no intact copy ({'; '.join(str(failure) for failure in failures)})")
@@ -719,6 +763,59 @@ class Repository:
 
     def read_file_chunks(self, chunk_lists: Iterable[str], *, levels: int) -> Iterator[bytes]:
         yield from self.read_chunks(self.chunk_ids_of(chunk_lists, levels=levels))
+
+    def read_unchecked(self, chunk_ids: Iterable[str]) -> Iterator[bytes]:
+        """The chunks' bytes in order, as runs of adjacent chunks, WITHOUT checking data chunk hashes.
+
+        Only for a caller that compares everything it reads with the whole-file
+        SHA-256 of a sealed manifest (the same chain of trust: the manifest fixes
+        the chunk ids and the file's hash) and, when that fails, reads again
+        through ``read_chunk``, which names the damaged chunk and tries its other
+        copies. Each chunk is read from its first location; frames are still
+        authenticated in an encrypted repository. Raises CorruptData when a chunk
+        is not indexed or its frame cannot be read, opened, or is too short.
+        """
+        locations = self.index().locations
+        batch: list[ChunkLocation] = []
+        batch_bytes = 0
+        for chunk_id in chunk_ids:
+            location = locations.get(chunk_id)
+            if location is None:
+                raise CorruptChunk(f"chunk {chunk_id} is not in the index: its data is missing from the repository")
+            batch.append(location)
+            batch_bytes += location.entry.length
+            if batch_bytes >= READ_BATCH_BYTES or len(batch) >= READ_BATCH_CHUNKS:
+                yield from self.read_runs(batch)
+                batch, batch_bytes = [], 0
+        yield from self.read_runs(batch)
+
+    def read_runs(self, locations: Sequence[ChunkLocation]) -> list[bytes]:
+        """The located chunks' bytes in order, unchecked, as runs of chunks adjacent in one frame.
+
+        Frames are read in pack order, each once per call, so chunks stored out of
+        file order (pages a VACUUM moved) cost one decompression per frame, not one
+        per chunk. Callers keep a call to about READ_BATCH_BYTES of chunks.
+        """
+        runs: list[list] = []  # [pack id, entry of the first chunk, start, end]
+        for location in locations:
+            entry = location.entry
+            last = runs[-1] if runs else None
+            if last is not None and last[0] == location.pack_id and last[1].frame_offset == entry.frame_offset and last[3] == entry.offset_in_frame:
+                last[3] = entry.offset_in_frame + entry.length
+            else:
+                runs.append([location.pack_id, entry, entry.offset_in_frame, entry.offset_in_frame + entry.length])
+        pieces: list[bytes] = [b""] * len(runs)
+        current: tuple[str, int] | None = None
+        frame = b""
+        for number in sorted(range(len(runs)), key=lambda position: (runs[position][0], runs[position][1].frame_offset)):
+            pack_id, entry, start, end = runs[number]
+            if current != (pack_id, entry.frame_offset):
+                frame = self.read_frame(pack_id, entry)
+                current = (pack_id, entry.frame_offset)
+            if end > len(frame):
+                raise CorruptChunk(f"chunk {entry.chunk_id} in pack {pack_id} lies past the end of its frame")
+            pieces[number] = frame[start:end]
+        return pieces
 
     # -- snapshots ------------------------------------------------------------------
 

@@ -2,21 +2,26 @@
 
 Owns: the structure check (every manifest parses, every referenced chunk is
 indexed and its pack is present at the indexed size) and the read-data check
-(every pack re-hashed, every file's bytes re-read, chunk-hashed and compared with
-its recorded SHA-256). Collects typed problems instead of stopping at the first;
-strictly read-only.
+(every pack re-hashed and its header compared with the index; every file's
+bytes reassembled and compared with its recorded SHA-256, every frame they come
+from opened once and every chunk in it hash-checked). Collects typed problems
+instead of stopping at the first; strictly read-only.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection, Sequence
+import heapq
+import itertools
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from . import pack as packformat
 from . import progress
 from .errors import CorruptData, StorageError
-from .manifest import Snapshot
-from .repository import Repository, pack_name
+from .manifest import FileEntry, Snapshot
+from .pack import PackEntry
+from .repository import READ_BATCH_BYTES, ChunkLocation, Repository, pack_name
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -61,7 +66,11 @@ def verify_repository(
     """Check the named snapshots (all when None); returns every problem found.
 
     With ``read_data`` every indexed pack is re-hashed, or only ``pack_ids`` when
-    given (a rotating verification re-reads a share of the packs at a time).
+    given (a rotating verification re-reads a share of the packs at a time), and
+    every file of every snapshot is reassembled and compared with its recorded
+    SHA-256. Each frame a file needs is opened once and every chunk in it checked
+    against its id, whichever snapshots share it; a damaged copy of a chunk is
+    passed over for an intact one stored again elsewhere.
     """
     report = VerifyReport(read_data=read_data)
     index = repository.index(reload=True)
@@ -75,25 +84,68 @@ def verify_repository(
             snapshots.append(repository.load_snapshot(snapshot_id))
         except CorruptData as error:
             report.problems.append(Problem(kind="corrupt-manifest", message=str(error), snapshot_id=snapshot_id))
-    bad_packs = _check_packs(repository, present, report, pack_ids) if read_data else {}
-    chunk_status: dict[str, str | None] = {}
+    state = _State(present=present)
     if read_data:
-        progress.begin("verify files", sum(entry.size for snapshot in snapshots for entry in snapshot.files))
+        _check_packs(repository, present, report, state, pack_ids)
+    state.good_packs = {pack_id for pack_id, size in index.pack_sizes.items() if present.get(pack_id) == size and pack_id not in state.bad_packs}
+    pending: list[tuple[Snapshot, FileEntry]] = []
     for snapshot in snapshots:
         report.snapshots_checked += 1
-        before = len(report.problems)
         for entry in snapshot.files:
             report.files_checked += 1
-            _check_file(repository, snapshot, entry, present, bad_packs, chunk_status, report)
-        if len(report.problems) == before:
-            report.verified_snapshots.append(snapshot.id)
+            if _check_structure(repository, snapshot, entry, state, report) and read_data:
+                pending.append((snapshot, entry))
+    if read_data:
+        progress.begin("verify files", sum(entry.size for snapshot in snapshots for entry in snapshot.files))
+        _check_contents(repository, pending, state, report)
+    failed = {problem.snapshot_id for problem in report.problems}
+    report.verified_snapshots.extend(snapshot.id for snapshot in snapshots if snapshot.id not in failed)
     return report
 
 
-def _check_packs(repository: Repository, present: dict[str, int], report: VerifyReport, pack_ids: Collection[str] | None = None) -> dict[str, str]:
+#: How many versions of one file are reassembled side by side (their frames shared).
+LOCKSTEP_FILES = 4
+#: Chunk lists kept after reading them once (about 0.5 KiB each), for the snapshots after.
+LIST_CACHE_ENTRIES = 32768
+
+_Outcome = tuple[str, str, "str | None"]
+
+
+class _Damage(Exception):
+    """A file cannot be reassembled: (kind, message, chunk id) of the problem."""
+
+    def __init__(self, kind: str, message: str, chunk_id: str | None) -> None:
+        super().__init__(message)
+        self.outcome: _Outcome = (kind, message, chunk_id)
+
+
+@dataclass(slots=True, kw_only=True)
+class _State:
+    present: dict[str, int]
+    #: pack id -> why none of its chunks can be read (missing, wrong size, unreadable)
+    bad_packs: dict[str, str] = field(default_factory=dict)
+    #: indexed packs present at their indexed size and not in bad_packs
+    good_packs: set[str] = field(default_factory=set)
+    #: chunk id -> why no copy is stored, or None (looked up when the first copy is not usable)
+    chunk_status: dict[str, str | None] = field(default_factory=dict)
+    #: chunk list id -> its bytes, so a list shared by snapshots is read once
+    lists: dict[str, bytes] = field(default_factory=dict)
+    #: (pack id, frame offset) -> the index entries in that frame
+    frames: dict[tuple[str, int], list[PackEntry]] = field(default_factory=dict)
+    #: frames whose chunks were all checked
+    checked: set[tuple[str, int]] = field(default_factory=set)
+    #: (pack id, chunk id) -> why that copy of the chunk failed its check
+    damaged: dict[tuple[str, str], CorruptData] = field(default_factory=dict)
+
+
+def _check_packs(repository: Repository, present: dict[str, int], report: VerifyReport, state: _State, pack_ids: Collection[str] | None = None) -> None:
     """Re-hash every indexed pack (or those in ``pack_ids``) and compare its header with the index."""
     index = repository.index()
-    bad: dict[str, str] = {}
+    bad = state.bad_packs
+    by_pack: dict[str, list[PackEntry]] = {}
+    for location in itertools.chain(index.locations.values(), itertools.chain.from_iterable(index.duplicates.values())):
+        by_pack.setdefault(location.pack_id, []).append(location.entry)
+        state.frames.setdefault((location.pack_id, location.entry.frame_offset), []).append(location.entry)
     progress.begin("verify packs", sum(index.pack_sizes.values()))
     for pack_id, size in sorted(index.pack_sizes.items()):
         if pack_ids is not None and pack_id not in pack_ids:
@@ -113,10 +165,10 @@ def _check_packs(repository: Repository, present: dict[str, int], report: Verify
         report.bytes_read += len(data)
         progress.advance(len(data))
         if hashlib.sha256(data).hexdigest() != pack_id:
-            # Not fatal for the whole pack: the file check below re-hashes every chunk
-            # and names exactly the ones that were hit.
+            # Not fatal for the whole pack: the file check hashes every chunk it
+            # needs and names exactly the ones that were hit.
             report.problems.append(Problem(kind="pack-hash", message=f"pack {pack_id} does not hash to its name: its bytes were changed", pack_id=pack_id))
-        header_problem = _header_problem(repository, index, data, pack_id)
+        header_problem = _header_problem(repository, by_pack.get(pack_id, []), data, pack_id)
         if header_problem is not None:
             # The header is the redundant copy of the index used to rebuild it; its
             # damage alone leaves every chunk readable through the index, so the
@@ -124,17 +176,18 @@ def _check_packs(repository: Repository, present: dict[str, int], report: Verify
             report.problems.append(Problem(kind="pack-header", message=header_problem, pack_id=pack_id))
     for pack_id, message in bad.items():
         report.problems.append(Problem(kind="bad-pack", message=message, pack_id=pack_id))
-    return bad
 
 
-def _header_problem(repository: Repository, index, data: bytes, pack_id: str) -> str | None:
+def _header_problem(repository: Repository, indexed: list[PackEntry], data: bytes, pack_id: str) -> str | None:
     """Why the pack's trailing header cannot rebuild the index entries for it, or None."""
     try:
-        entries = repository.parse_pack(data, pack_id)
+        header, frames_end = repository.split_pack(data, pack_id)
+        if packformat.header_covers(header, frames_end, indexed):
+            return None
+        entries = packformat.parse_header(header, frames_end, pack_id)
     except CorruptData as error:
         return f"{error}; the index can no longer be rebuilt from this pack"
-    indexed = {location.entry for location in index.locations.values() if location.pack_id == pack_id}
-    if not indexed.issubset(set(entries)):
+    if not set(indexed).issubset(set(entries)):
         return f"pack {pack_id} header disagrees with the index; the index can no longer be rebuilt from this pack"
     return None
 
@@ -158,61 +211,192 @@ def _chunk_problem(repository: Repository, chunk_id: str, present: dict[str, int
     return f"chunk {chunk_id}: " + "; ".join(reasons)
 
 
-def _check_file(repository, snapshot, entry, present, bad_packs, chunk_status, report) -> None:
+def _cached_status(repository: Repository, chunk_id: str, state: _State) -> str | None:
+    """Why no copy of a chunk is stored, or None; the common answer costs one lookup."""
+    location = repository.index().locations.get(chunk_id)
+    if location is not None and location.pack_id in state.good_packs:
+        return None
+    status = state.chunk_status
+    if chunk_id not in status:
+        status[chunk_id] = _chunk_problem(repository, chunk_id, state.present, state.bad_packs)
+    return status[chunk_id]
+
+
+def _leaf_lists(repository: Repository, list_ids: Sequence[str], levels: int, state: _State) -> Iterator[list[str]]:
+    """The data chunk ids of a chunk list tree, one leaf list at a time, in order.
+
+    Raises _Damage on a list that is missing or damaged.
+    """
+    for list_id in list_ids:
+        reason = _cached_status(repository, list_id, state)
+        if reason is not None:
+            raise _Damage("missing-chunk", f"chunk list {reason}", list_id)
+        data = state.lists.get(list_id)
+        if data is None:
+            try:
+                data = repository.read_chunk(list_id)
+            except CorruptData as error:
+                raise _Damage("corrupt-chunk", str(error), list_id) from error
+            if len(data) % 32:
+                raise _Damage("corrupt-chunk", f"chunk list {list_id} has a length that is not a multiple of 32", list_id)
+            if len(state.lists) < LIST_CACHE_ENTRIES:
+                state.lists[list_id] = data
+        text = data.hex()
+        ids = [text[position : position + 64] for position in range(0, len(text), 64)]
+        if levels == 1:
+            yield ids
+        else:
+            yield from _leaf_lists(repository, ids, levels - 1, state)
+
+
+def _check_structure(repository: Repository, snapshot: Snapshot, entry: FileEntry, state: _State, report: VerifyReport) -> bool:
+    """Check that every chunk of the file is indexed in a present pack; True if so."""
+
     def problem(kind: str, message: str, chunk_id: str | None = None) -> None:
         report.problems.append(Problem(kind=kind, message=message, snapshot_id=snapshot.id, path=entry.path, chunk_id=chunk_id))
 
-    chunk_ids: list[str] = []
+    missing: list[tuple[str, str]] = []
+    count = 0
+    locations = repository.index().locations
+    good_packs = state.good_packs
+    try:
+        for ids in _leaf_lists(repository, entry.chunk_lists, entry.chunk_list_levels, state):
+            count += len(ids)
+            for chunk_id in ids:
+                location = locations.get(chunk_id)
+                if location is None or location.pack_id not in good_packs:
+                    reason = _cached_status(repository, chunk_id, state)
+                    if reason is not None:
+                        missing.append((reason, chunk_id))
+    except _Damage as damage:
+        problem(*damage.outcome)
+        return False
+    if count != entry.chunk_count:
+        problem("chunk-count", f"file lists {count} chunks, the manifest says {entry.chunk_count}")
+        return False
+    report.chunks_checked += count
+    for reason, chunk_id in missing:
+        problem("missing-chunk", reason, chunk_id)
+    return not missing
 
-    def expand(list_ids: Sequence[str], levels: int) -> bool:
-        """Append the data chunk ids of a chunk list tree, level by level; False on damage."""
-        for list_id in list_ids:
-            reason = _cached_status(repository, list_id, present, bad_packs, chunk_status)
-            if reason is not None:
-                problem("missing-chunk", f"chunk list {reason}", list_id)
-                return False
-            try:
-                ids = repository.read_chunk_list(list_id)
-            except CorruptData as error:
-                problem("corrupt-chunk", str(error), list_id)
-                return False
-            if levels == 1:
-                chunk_ids.extend(ids)
-            elif not expand(ids, levels - 1):
-                return False
-        return True
 
-    if not expand(entry.chunk_lists, entry.chunk_list_levels):
-        return
-    if len(chunk_ids) != entry.chunk_count:
-        problem("chunk-count", f"file lists {len(chunk_ids)} chunks, the manifest says {entry.chunk_count}")
-        return
-    damaged = False
-    for chunk_id in chunk_ids:
-        report.chunks_checked += 1
-        reason = _cached_status(repository, chunk_id, present, bad_packs, chunk_status)
-        if reason is not None:
-            problem("missing-chunk", reason, chunk_id)
-            damaged = True
-    if damaged or not report.read_data:
-        return
-    digest = hashlib.sha256()
-    size = 0
-    chunks = repository.read_chunks(chunk_ids)
-    for chunk_id in chunk_ids:
+def _check_contents(repository: Repository, pending: Sequence[tuple[Snapshot, FileEntry]], state: _State, report: VerifyReport) -> None:
+    """Reassemble each distinct file once and compare it with its recorded SHA-256.
+
+    Entries equal in SHA-256, size and chunk lists name the same bytes (a
+    snapshot of an unchanged database), so they share one outcome. Versions of
+    one path are reassembled side by side, LOCKSTEP_FILES at a time, so the
+    frames they share are opened and checked once.
+    """
+    outcomes: dict[tuple[object, ...], _Outcome | None] = {}
+    by_path: dict[str, list[FileEntry]] = {}
+    for _, entry in pending:
+        key = _content_key(entry)
+        if key not in outcomes:
+            outcomes[key] = None
+            by_path.setdefault(entry.path, []).append(entry)
+    done: set[tuple[object, ...]] = set()
+    for entries in by_path.values():
+        for start in range(0, len(entries), LOCKSTEP_FILES):
+            batch = entries[start : start + LOCKSTEP_FILES]
+            for entry, outcome in zip(batch, _reassemble(repository, batch, state)):
+                outcomes[_content_key(entry)] = outcome
+    for snapshot, entry in pending:
+        key = _content_key(entry)
+        if key in done:
+            progress.advance(entry.size)
+        done.add(key)
+        outcome = outcomes[key]
+        if outcome is not None:
+            kind, message, chunk_id = outcome
+            report.problems.append(Problem(kind=kind, message=message, snapshot_id=snapshot.id, path=entry.path, chunk_id=chunk_id))
+
+
+def _content_key(entry: FileEntry) -> tuple[object, ...]:
+    return (entry.sha256, entry.size, entry.chunk_lists, entry.chunk_list_levels)
+
+
+def _reassemble(repository: Repository, entries: Sequence[FileEntry], state: _State) -> list[_Outcome | None]:
+    """Hash each entry's bytes in order, advancing whichever is furthest behind."""
+    streams = [_pieces(repository, entry, state) for entry in entries]
+    digests = [hashlib.sha256() for _ in entries]
+    sizes = [0] * len(entries)
+    outcomes: list[_Outcome | None] = [None] * len(entries)
+    finished: list[int] = []
+    waiting = [(0, number) for number in range(len(entries))]
+    while waiting:
+        _, number = heapq.heappop(waiting)
         try:
-            data = next(chunks)
-        except CorruptData as error:
-            problem("corrupt-chunk", str(error), chunk_id)
-            return
-        digest.update(data)
-        size += len(data)
-        progress.advance(len(data))
-    if size != entry.size or digest.hexdigest() != entry.sha256:
-        problem("file-hash", f"file bytes do not match the recorded SHA-256 {entry.sha256}")
+            piece = next(streams[number])
+        except StopIteration:
+            finished.append(number)
+            continue
+        except _Damage as damage:
+            outcomes[number] = damage.outcome
+            continue
+        digests[number].update(piece)
+        sizes[number] += len(piece)
+        progress.advance(len(piece))
+        heapq.heappush(waiting, (sizes[number], number))
+    for number in finished:
+        entry = entries[number]
+        if sizes[number] != entry.size or digests[number].hexdigest() != entry.sha256:
+            outcomes[number] = ("file-hash", f"file bytes do not match the recorded SHA-256 {entry.sha256}", None)
+    return outcomes
 
 
-def _cached_status(repository, chunk_id, present, bad_packs, chunk_status) -> str | None:
-    if chunk_id not in chunk_status:
-        chunk_status[chunk_id] = _chunk_problem(repository, chunk_id, present, bad_packs)
-    return chunk_status[chunk_id]
+def _pieces(repository: Repository, entry: FileEntry, state: _State) -> Iterator[bytes]:
+    """The file's bytes in order, from copies that passed their check, a batch at a time.
+
+    Raises _Damage naming the first chunk with no intact copy.
+    """
+    locations = repository.index().locations
+    checked = state.checked
+    damaged = state.damaged
+    batch: list[ChunkLocation] = []
+    batch_bytes = 0
+    for ids in _leaf_lists(repository, entry.chunk_lists, entry.chunk_list_levels, state):
+        for chunk_id in ids:
+            location = locations.get(chunk_id)
+            if location is None:
+                raise _Damage("missing-chunk", f"chunk {chunk_id} is not in any index", chunk_id)
+            if (location.pack_id, location.entry.frame_offset) not in checked:
+                _check_frame(repository, location, state)
+            if damaged and (location.pack_id, chunk_id) in damaged:
+                location = _intact_copy(repository, chunk_id, state)
+            batch.append(location)
+            batch_bytes += location.entry.length
+            if batch_bytes >= READ_BATCH_BYTES:
+                yield from _read_runs(repository, batch)
+                batch, batch_bytes = [], 0
+    yield from _read_runs(repository, batch)
+
+
+def _read_runs(repository: Repository, batch: Sequence[ChunkLocation]) -> list[bytes]:
+    try:
+        return repository.read_runs(batch)
+    except CorruptData as error:  # changed on disk since its check
+        raise _Damage("corrupt-chunk", str(error), None) from error
+
+
+def _check_frame(repository: Repository, location: ChunkLocation, state: _State) -> None:
+    key = (location.pack_id, location.entry.frame_offset)
+    state.checked.add(key)
+    members = state.frames.get(key) or [location.entry]
+    for chunk_id, error in repository.check_frame(location.pack_id, members).items():
+        state.damaged[(location.pack_id, chunk_id)] = error
+
+
+def _intact_copy(repository: Repository, chunk_id: str, state: _State) -> ChunkLocation:
+    """A copy of the chunk that passed its check; raises _Damage worded as ``read_chunk`` words it."""
+    failures: list[CorruptData] = []
+    for location in repository.index().all_locations(chunk_id):
+        if (location.pack_id, location.entry.frame_offset) not in state.checked:
+            _check_frame(repository, location, state)
+        failure = state.damaged.get((location.pack_id, chunk_id))
+        if failure is None:
+            return location
+        failures.append(failure)
+    if len(failures) == 1:
+        raise _Damage("corrupt-chunk", str(failures[0]), chunk_id)
+    raise _Damage("corrupt-chunk", f"chunk {chunk_id}: no intact copy ({'; '.join(str(failure) for failure in failures)})", chunk_id)

@@ -169,3 +169,57 @@ def test_pack_missing_only_its_header_still_restores_hash_checked_data_but_fails
     restore_backup(settings, second.id, target=tmp_path / "out")
 
     assert (tmp_path / "out" / "other.db").exists()
+
+
+def test_restore_with_a_flipped_bit_names_the_damaged_chunk_and_writes_nothing(two_snapshots, tmp_path):
+    """The fast read trusts the whole-file SHA-256; when that fails the checked read
+    must still say which chunk was hit."""
+    settings, first, second, pack = two_snapshots
+    _flip_bit(pack, 100)
+    target = tmp_path / "out"
+
+    with pytest.raises(VerificationFailed) as raised:
+        restore_backup(settings, second.id, only=["other.db"], target=target)
+
+    assert "chunk " in str(raised.value) and "does not match its hash" in str(raised.value)
+    assert not (target / "other.db").exists()
+    assert not list(target.glob(".dbkeep-tmp-*"))
+
+
+def test_restore_and_verify_use_the_copy_a_later_backup_stored_again(two_snapshots, tmp_path):
+    """A truncated pack's chunks are stored again by the next backup; whichever copy the
+    index lists first, restore finds the intact one and verify blames no snapshot."""
+    settings, first, second, pack = two_snapshots
+    pack.write_bytes(pack.read_bytes()[: pack.stat().st_size // 2])
+    make_database(settings.root / "third.db", rows=500, seed=11)  # so the new pack gets another name
+    third = create_backup(settings).snapshot
+    index = open_local(settings.repository).index()
+    assert index.duplicates, "the next backup should have stored the lost chunks again"
+
+    restore_backup(settings, second.id, target=tmp_path / "out")
+    report = verify_backup(settings, read_data=True)
+
+    for entry in second.files:
+        assert hashlib.sha256((tmp_path / "out" / entry.path).read_bytes()).hexdigest() == entry.sha256
+    assert report.affected_snapshots == []
+    assert {problem.kind for problem in report.problems} == {"bad-pack"}
+    assert third.id in report.verified_snapshots and second.id in report.verified_snapshots
+
+
+def test_damaged_chunk_shared_by_every_snapshot_is_named_in_each(two_snapshots):
+    """Verify checks a frame once for all snapshots that share it, and an unchanged
+    file once for all snapshots that hold it: the damage must still reach each one."""
+    settings, first, second, pack = two_snapshots
+    shared = next(path for path in _packs(settings) if path != pack)
+    _flip_bit(shared, 100)
+
+    report = verify_backup(settings, read_data=True)
+
+    assert report.affected_snapshots == sorted([first.id, second.id])
+    named = []
+    for snapshot in (first, second):
+        hit = [problem for problem in report.problems if problem.snapshot_id == snapshot.id and problem.path == "app.db"]
+        assert len(hit) == 1 and hit[0].kind == "corrupt-chunk"
+        assert hit[0].chunk_id and hit[0].chunk_id in hit[0].message
+        named.append(hit[0].chunk_id)
+    assert named[0] == named[1]
