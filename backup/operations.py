@@ -58,7 +58,7 @@ from .sources import (
     select_files,
 )
 from .sources.plainfile import move_aside_sidecars
-from .sources.stamps import is_settled, stamp_of
+from .sources.stamps import clock_ns, is_settled, stamp_of
 from .sources.server import DatabaseConfig, DrillResult, capture_database
 from .storage import describe_os_error, open_storage
 from .verification import Problem, VerifyReport, verify_repository
@@ -309,8 +309,8 @@ def _reuse_unchanged(repository: Repository, writer, item: SelectedFile, previou
 
 
 def _store_one(repository: Repository, writer, item: SelectedFile, settings: Settings, scratch: Path, stats: _Counter) -> FileEntry:
-    captured_at = time.time_ns()
     stamp = stamp_of(item.path, sqlite=item.kind == "sqlite")
+    clock = clock_ns(scratch) if stamp is not None else None
     try:
         status = item.path.stat()
     except OSError as error:
@@ -352,7 +352,7 @@ def _store_one(repository: Repository, writer, item: SelectedFile, settings: Set
         chunk_count=len(chunk_ids),
         chunk_list_levels=levels,
         sqlite=info,
-        source=stamp if stamp is not None and is_settled(stamp, captured_at) else None,
+        source=stamp if stamp is not None and is_settled(stamp, clock) else None,
     )
 
 

@@ -1,8 +1,8 @@
 """Unchanged sources: a settled, equal stamp reuses the last capture; any write is still seen.
 
-Most tests here make every stamp count as settled at once (the margin exists for
-writes in the same clock tick, which these tests do not race against); the
-margin itself is tested on real stamps with explicit capture times.
+Most tests here make every stamp count as settled at once (the rule exists for
+writes in the same clock tick, which these tests do not race against); the rule
+itself is tested on real stamps with explicit clock readings.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 from backup import create_backup, restore_backup, verify_backup
 from backup.sources import logical_dump_digest
 from backup.sources import stamps
-from backup.sources.stamps import is_settled, stamp_of
+from backup.sources.stamps import clock_ns, is_settled, stamp_of
 from tests.dbhelpers import make_database, row_count
 
 
@@ -156,13 +156,15 @@ def test_a_journal_with_content_means_no_stamp(project):
     assert stamp_of(project / "old.db", sqlite=True) is not None
 
 
-def test_a_stamp_counts_only_once_it_is_older_than_the_margin(project):
+def test_a_stamp_counts_only_when_older_than_the_file_system_clock_before_the_capture(project):
     stamp = stamp_of(project / "app.db", sqlite=True)
     newest = max(stamp.mtime_ns, stamp.ctime_ns)
+    clock = clock_ns(project)
 
-    assert not is_settled(stamp, newest + stamps.SETTLE_NS // 2)
-    assert not is_settled(stamp, newest + stamps.SETTLE_NS)
-    assert is_settled(stamp, newest + stamps.SETTLE_NS + 1)
+    assert clock is not None and clock >= newest  # the same clock, read later
+    assert not is_settled(stamp, newest)  # a write in the same tick could hide
+    assert is_settled(stamp, newest + 1)
+    assert not is_settled(stamp, None)
 
 
 def test_whole_millisecond_timestamps_need_the_coarse_margin(project):
