@@ -82,9 +82,9 @@ FRAME_WORKERS = 2
 #: of a file side by side, so their shared frames are opened once. The byte bound
 #: keeps memory flat.
 FRAME_CACHE_FRAMES = 16
-FRAME_CACHE_BYTES = 16 * 1024 * 1024
+FRAME_CACHE_BYTES = 12 * 1024 * 1024
 #: Chunks read together by ``read_chunks``: each frame they need is decompressed once.
-READ_BATCH_BYTES = 8 * 1024 * 1024
+READ_BATCH_BYTES = 4 * 1024 * 1024
 READ_BATCH_CHUNKS = 16384
 READAHEAD_MIN = 256 * 1024
 READAHEAD_MAX = 8 * 1024 * 1024
@@ -789,12 +789,15 @@ class Repository:
                 batch, batch_bytes = [], 0
         yield from self.read_runs(batch)
 
-    def read_runs(self, locations: Sequence[ChunkLocation]) -> list[bytes]:
+    def read_runs(self, locations: Sequence[ChunkLocation]) -> Iterator[bytes | memoryview]:
         """The located chunks' bytes in order, unchecked, as runs of chunks adjacent in one frame.
 
         Frames are read in pack order, each once per call, so chunks stored out of
         file order (pages a VACUUM moved) cost one decompression per frame, not one
-        per chunk. Callers keep a call to about READ_BATCH_BYTES of chunks.
+        per chunk; those runs are copied out and held until the call's batch is
+        complete. Callers keep a call to about READ_BATCH_BYTES of chunks. When the
+        runs already come frame by frame in order (the usual case), each is a view
+        into its frame, yielded as soon as the frame is read.
         """
         runs: list[list] = []  # [pack id, entry of the first chunk, start, end]
         for location in locations:
@@ -804,6 +807,9 @@ class Repository:
                 last[3] = entry.offset_in_frame + entry.length
             else:
                 runs.append([location.pack_id, entry, entry.offset_in_frame, entry.offset_in_frame + entry.length])
+        if _frames_fit_cache(runs):
+            yield from self._stream_runs(runs)
+            return
         pieces: list[bytes] = [b""] * len(runs)
         current: tuple[str, int] | None = None
         frame = b""
@@ -815,7 +821,19 @@ class Repository:
             if end > len(frame):
                 raise CorruptChunk(f"chunk {entry.chunk_id} in pack {pack_id} lies past the end of its frame")
             pieces[number] = frame[start:end]
-        return pieces
+        yield from pieces
+
+    def _stream_runs(self, runs: list[list]) -> Iterator[memoryview]:
+        """Runs whose frames each form one contiguous stretch: read a frame, yield its runs as views."""
+        current: tuple[str, int] | None = None
+        frame = b""
+        for pack_id, entry, start, end in runs:
+            if current != (pack_id, entry.frame_offset):
+                frame = self.read_frame(pack_id, entry)
+                current = (pack_id, entry.frame_offset)
+            if end > len(frame):
+                raise CorruptChunk(f"chunk {entry.chunk_id} in pack {pack_id} lies past the end of its frame")
+            yield memoryview(frame)[start:end]
 
     # -- snapshots ------------------------------------------------------------------
 
@@ -1047,6 +1065,21 @@ class ChunkWriter:
             self._in_flight.clear()
             self._executor.shutdown(wait=True)
             self._executor = None
+
+
+def _frames_fit_cache(runs: list[list]) -> bool:
+    """True if every frame the runs need fits the frame cache at once (by the bytes they reach).
+
+    Then reading the runs in order decompresses each frame once even when it is
+    revisited (changed pages from small frames between runs of a large one);
+    pages shuffled across many large frames (after a VACUUM) are read frame by
+    frame instead.
+    """
+    reach: dict[tuple[str, int], int] = {}
+    for pack_id, entry, _, end in runs:
+        key = (pack_id, entry.frame_offset)
+        reach[key] = max(reach.get(key, 0), end)
+    return len(reach) <= FRAME_CACHE_FRAMES and sum(reach.values()) <= FRAME_CACHE_BYTES
 
 
 _compressors = threading.local()

@@ -372,9 +372,9 @@ def _pieces(repository: Repository, entry: FileEntry, state: _State) -> Iterator
     yield from _read_runs(repository, batch)
 
 
-def _read_runs(repository: Repository, batch: Sequence[ChunkLocation]) -> list[bytes]:
+def _read_runs(repository: Repository, batch: Sequence[ChunkLocation]) -> Iterator[bytes | memoryview]:
     try:
-        return repository.read_runs(batch)
+        yield from repository.read_runs(batch)
     except CorruptData as error:  # changed on disk since its check
         raise _Damage("corrupt-chunk", str(error), None) from error
 
