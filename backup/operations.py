@@ -664,6 +664,8 @@ def restore_backup(
             for database in plan.databases:
                 servers.verify_dump(repository, database.entry)
             safety = _safety_snapshot(repository, lock, settings, plan)
+            if safety is not None:
+                _check_safety_snapshot(repository, safety)
             fsio.reached("after_safety_snapshot")
             results = []
             for item in plan.items:
@@ -771,6 +773,25 @@ def _write_pieces(descriptor: int, pieces: Iterable[bytes | memoryview]) -> tupl
         size += len(buffer)
         progress.advance(len(buffer))
     return digest, size
+
+
+def _check_safety_snapshot(repository: Repository, safety: Snapshot) -> None:
+    """Re-read every byte of the safety snapshot before the live files it holds are overwritten.
+
+    A backup reuses chunks it finds stored without re-reading them, so a chunk
+    damaged in place since it was written would make the way back unusable at
+    exactly the moment the live copy is replaced. Raises VerificationFailed then;
+    nothing live has been touched.
+    """
+    report = verify_repository(repository, snapshot_ids=[safety.id], read_data=True, pack_ids=())
+    problems = [problem for problem in report.problems if problem.snapshot_id == safety.id]
+    if problems:
+        raise VerificationFailed(
+            f"the safety snapshot {safety.id} of the live files failed verification ({problems[0].message}); "
+            "nothing was changed: the repository holds a damaged copy of data the live files still have; "
+            "run backup.verify --read-data, or restore into a directory with --target",
+            problems,
+        )
 
 
 def _safety_snapshot(repository: Repository, lock: locking.Lock, settings: Settings, plan: RestorePlan) -> Snapshot | None:

@@ -223,3 +223,25 @@ def test_damaged_chunk_shared_by_every_snapshot_is_named_in_each(two_snapshots):
         assert hit[0].chunk_id and hit[0].chunk_id in hit[0].message
         named.append(hit[0].chunk_id)
     assert named[0] == named[1]
+
+
+def test_restore_over_live_files_refuses_when_their_safety_snapshot_reuses_damaged_chunks(tmp_path, make_settings):
+    """The safety snapshot reuses stored chunks without re-reading them; if one was damaged
+    in place, overwriting the live file would destroy the only good copy of it."""
+    root = tmp_path / "project"
+    make_database(root / "app.db", rows=3000)
+    settings = make_settings(root)
+    first = create_backup(settings)
+    before_packs = set(_packs(settings))
+    with closing(sqlite3.connect(root / "app.db")) as connection:
+        connection.execute("UPDATE events SET label = 'changed after the first backup' WHERE id % 5 = 0")
+        connection.commit()
+    create_backup(settings)
+    (second_pack,) = [path for path in _packs(settings) if path not in before_packs]
+    _flip_bit(second_pack, 100)  # inside the first frame: only the live state's new pages
+    live_before = file_state(root / "app.db")
+
+    with pytest.raises(VerificationFailed, match="safety snapshot .* failed verification"):
+        restore_backup(settings, first.snapshot.id, force=True)
+
+    assert file_state(root / "app.db") == live_before
