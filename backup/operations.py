@@ -38,7 +38,7 @@ from .errors import (
 )
 from .ledger import load_ledger
 from .lookup import resolve_snapshot
-from .manifest import FileEntry, Snapshot, SnapshotStats
+from .manifest import FileEntry, Snapshot, SnapshotStats, SourceStamp
 from .readback import read_back
 from .provenance import TOOL_VERSION, git_info, host_name, user_name
 from .prune import PruneOptions
@@ -211,10 +211,11 @@ def _create_locked(
     previous = _previous_entries(repository, root) if settings.reuse_unchanged else {}
     progress.begin("safety snapshot" if tag == "safety" else "backup", sum(_size_or_zero(item.path) for item in selected))
     for item in selected:
-        entry = _reuse_unchanged(repository, writer, item, previous.get(item.relative), stats)
+        stamp = stamp_of(item.path, sqlite=item.kind == "sqlite")
+        entry = _reuse_unchanged(repository, writer, item, stamp, previous.get(item.relative), stats)
         if entry is not None and unchanged is not None:
             unchanged.append(item.relative)
-        entries.append(entry or _store_one(repository, writer, item, settings, scratch, stats))
+        entries.append(entry or _store_one(repository, writer, item, stamp, settings, scratch, stats))
     for database in databases:
         entries.append(_store_server(writer, database, stats))
     writer.finish()
@@ -285,15 +286,13 @@ def _previous_entries(repository: Repository, root: Path) -> dict[str, FileEntry
     return found
 
 
-def _reuse_unchanged(repository: Repository, writer, item: SelectedFile, previous: FileEntry | None, stats: _Counter) -> FileEntry | None:
+def _reuse_unchanged(repository: Repository, writer, item: SelectedFile, stamp: SourceStamp | None, previous: FileEntry | None, stats: _Counter) -> FileEntry | None:
     """The previous capture of ``item`` if its settled stamp still matches and its chunks are all stored.
 
     Checking the chunks keeps the rule that a new backup stands on its own: a
     capture whose pack was lost is not reused but stored again.
     """
-    if previous is None or previous.kind != item.kind:
-        return None
-    if stamp_of(item.path, sqlite=item.kind == "sqlite") != previous.source:
+    if previous is None or previous.kind != item.kind or stamp is None or stamp != previous.source:
         return None
     list_ids: set[str] = set()
     try:
@@ -308,8 +307,8 @@ def _reuse_unchanged(repository: Repository, writer, item: SelectedFile, previou
     return previous
 
 
-def _store_one(repository: Repository, writer, item: SelectedFile, settings: Settings, scratch: Path, stats: _Counter) -> FileEntry:
-    stamp = stamp_of(item.path, sqlite=item.kind == "sqlite")
+def _store_one(repository: Repository, writer, item: SelectedFile, stamp: SourceStamp | None, settings: Settings, scratch: Path, stats: _Counter) -> FileEntry:
+    """Capture and store ``item``; ``stamp`` is its stamp taken before, recorded if it still holds after."""
     clock = clock_ns(scratch) if stamp is not None else None
     try:
         status = item.path.stat()

@@ -114,6 +114,20 @@ class PackEntry:
             entry.check_bounds()  # raises, saying which bound
         return entry
 
+    @classmethod
+    def from_fields(cls, raw_id: bytes, frame_offset: int, frame_length: int, offset_in_frame: int, length: int, compression: int) -> PackEntry:
+        """An entry from the binary fields of a pack header or index row, bounds-checked."""
+        entry = cls(
+            chunk_id=raw_id.hex(),
+            frame_offset=frame_offset,
+            frame_length=frame_length,
+            offset_in_frame=offset_in_frame,
+            length=length,
+            compression=compression,
+        )
+        entry.check_bounds()
+        return entry
+
     def check_bounds(self) -> None:
         if self.compression not in (COMPRESSION_NONE, COMPRESSION_ZSTD):
             raise CorruptPack(f"chunk {self.chunk_id} has unknown compression {self.compression}")
@@ -221,17 +235,8 @@ def parse_header(header: bytes, frames_end: int, pack_name: str) -> list[PackEnt
     """Parse header bytes; every entry must point inside the frame area."""
     entries: list[PackEntry] = []
     for position in range(0, len(header), ENTRY.size):
-        raw_id, frame_offset, frame_length, offset_in_frame, length, compression = ENTRY.unpack_from(header, position)
-        entry = PackEntry(
-            chunk_id=raw_id.hex(),
-            frame_offset=frame_offset,
-            frame_length=frame_length,
-            offset_in_frame=offset_in_frame,
-            length=length,
-            compression=compression,
-        )
-        entry.check_bounds()
-        if frame_offset + frame_length > frames_end:
+        entry = PackEntry.from_fields(*ENTRY.unpack_from(header, position))
+        if entry.frame_offset + entry.frame_length > frames_end:
             raise CorruptPack(f"pack {pack_name}: chunk {entry.chunk_id} points past the frame area")
         entries.append(entry)
     return entries

@@ -268,15 +268,7 @@ def _decode_index_rows(compressed: bytes, name: str) -> dict[str, tuple[int, lis
         pack_id = raw_pack_id.hex()
         if not 0 <= size <= packformat.MAX_PACK_BYTES:
             raise CorruptIndex(f"index file {name} has a bad pack size")
-        entry = PackEntry(
-            chunk_id=raw_chunk_id.hex(),
-            frame_offset=frame_offset,
-            frame_length=frame_length,
-            offset_in_frame=offset_in_frame,
-            length=length,
-            compression=compression,
-        )
-        entry.check_bounds()
+        entry = PackEntry.from_fields(raw_chunk_id, frame_offset, frame_length, offset_in_frame, length, compression)
         known = result.setdefault(pack_id, (size, []))
         if known[0] != size:
             raise CorruptIndex(f"index file {name} gives pack {pack_id} two sizes: it is damaged")
