@@ -42,7 +42,7 @@ from .manifest import FileEntry, Snapshot, SnapshotStats, SourceStamp
 from .readback import read_back
 from .provenance import TOOL_VERSION, git_info, host_name, user_name
 from .prune import PruneOptions
-from .repository import Repository
+from .repository import CHUNK_ID_BYTES, Repository
 from .retention import Decision, RetentionPolicy, apply_policy
 from .settings import Settings
 from .sources import (
@@ -348,7 +348,7 @@ def _store_one(repository: Repository, writer, item: SelectedFile, stamp: Source
         mtime=status.st_mtime,
         sha256=digest,
         chunk_lists=tuple(chunk_lists),
-        chunk_count=len(chunk_ids),
+        chunk_count=len(chunk_ids) // CHUNK_ID_BYTES,
         chunk_list_levels=levels,
         sqlite=info,
         source=stamp if stamp is not None and is_settled(stamp, clock) else None,
@@ -370,7 +370,7 @@ def _store_server(writer, database: DatabaseConfig, stats: _Counter) -> FileEntr
         mtime=captured,
         sha256=digest,
         chunk_lists=tuple(chunk_lists),
-        chunk_count=len(chunk_ids),
+        chunk_count=len(chunk_ids) // CHUNK_ID_BYTES,
         chunk_list_levels=levels,
         server=info,
     )
@@ -409,11 +409,12 @@ def _batched(chunks: Iterable[bytes]) -> Iterator[list[bytes]]:
 
 def _store_stream(
     writer, pieces: Iterable[bytes], chunk_size: int, stats: _Counter, *, chunker: Callable[[Iterable[bytes]], Iterable[bytes]] | None = None
-) -> tuple[int, str, list[str]]:
-    """Store a stream as chunks; returns (size, whole-stream SHA-256, chunk ids in order).
+) -> tuple[int, str, bytearray]:
+    """Store a stream as chunks; returns (size, whole-stream SHA-256, the raw chunk ids in order).
 
     The SHA-256 is taken over the stream exactly as read, before any chunking,
-    so it is independent of how chunks are cut and stored.
+    so it is independent of how chunks are cut and stored. The ids are kept as
+    32 bytes each, not as a string object each: a 1 GiB database has 262,144.
     """
     whole = hashlib.sha256()
     counted = _Counter()
@@ -424,11 +425,11 @@ def _store_stream(
             counted.logical_bytes += len(piece)
             yield piece
 
-    chunk_ids: list[str] = []
+    chunk_ids = bytearray()
     batches = _batched(chunker(hashed(pieces))) if chunker else _fixed_chunks(hashed(pieces), chunk_size)
     for batch in batches:
         ids, new_chunks, new_bytes = writer.add_chunks(batch)
-        chunk_ids += ids
+        chunk_ids += bytes.fromhex("".join(ids))
         stats.new_chunks += new_chunks
         stats.new_bytes += new_bytes
         stats.reused_chunks += len(ids) - new_chunks

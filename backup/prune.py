@@ -142,9 +142,8 @@ def _plan(repository: Repository, needed: set[str], options: PruneOptions, now: 
     index = repository.index()
     listed = _list_packs(repository)
     pack_entries: dict[str, list[PackEntry]] = {}
-    for location_list in (index.locations.values(), *index.duplicates.values()):
-        for location in location_list:
-            pack_entries.setdefault(location.pack_id, []).append(location.entry)
+    for location in index.every_location():
+        pack_entries.setdefault(location.pack_id, []).append(location.entry)
     plan = _Plan()
     for pack_id, info in sorted(listed.items()):
         try:
@@ -185,7 +184,7 @@ def _plan(repository: Repository, needed: set[str], options: PruneOptions, now: 
 
 def _repack(repository: Repository, plan: _Plan) -> dict[str, tuple[int, list[PackEntry]]]:
     """Copy the live chunks of ``plan.repack`` into new durable, indexed packs."""
-    writer = repository.writer(ignore_packs=plan.repack)
+    writer = repository.writer(ignore_packs=plan.repack, keep_entries=True)
     for pack_id, (_size, live) in sorted(plan.repack.items()):
         for entry in sorted(live, key=lambda item: (item.frame_offset, item.offset_in_frame)):
             if writer.reuse(entry.chunk_id):

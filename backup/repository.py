@@ -31,12 +31,12 @@ import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import zstandard
 
-from . import crypto, fsio
+from . import chunk_index, crypto, fsio
 from . import pack as packformat
 from .errors import (
     AuthenticationFailed,
@@ -50,6 +50,7 @@ from .errors import (
     SnapshotNotFound,
     StorageError,
 )
+from .chunk_index import ChunkLocation, Index, encode_rows
 from .manifest import MAX_CHUNK_LIST_LEVELS, MAX_MANIFEST_BYTES, Snapshot, check_snapshot_id, seal, unseal
 from .pack import Frame, PackEntry, check_id
 from .storage import LocalStorage, Storage, describe_os_error
@@ -68,6 +69,8 @@ SCATTERED_FRAME_BYTES = 128 * 1024
 #: How many data chunk ids one leaf chunk list holds; a changed chunk rewrites one
 #: leaf (512 bytes) and the lists above it, so the lists a backup adds follow the change.
 CHUNK_LIST_FANOUT = 16
+#: A chunk id in a chunk list: the raw SHA-256 (or keyed hash).
+CHUNK_ID_BYTES = 32
 #: How many list ids a list above the leaves holds, and the most the manifest lists.
 CHUNK_TREE_FANOUT = 64
 #: Frames handed to the compressing threads and not yet placed in a pack; bounds
@@ -141,45 +144,12 @@ class RepositoryConfig:
         return config
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ChunkLocation:
-    pack_id: str
-    entry: PackEntry
-
-
 def pack_name(pack_id: str) -> str:
     return f"packs/{check_id(pack_id, 'pack id')[:2]}/{pack_id}"
 
 
 def snapshot_name(snapshot_id: str) -> str:
     return f"snapshots/{check_snapshot_id(snapshot_id)}.json"
-
-
-@dataclass(slots=True)
-class Index:
-    """Chunk id -> location, merged from every index file."""
-
-    locations: dict[str, ChunkLocation] = field(default_factory=dict)
-    #: Further copies of a chunk (re-stored after its first pack was lost), tried in turn.
-    duplicates: dict[str, list[ChunkLocation]] = field(default_factory=dict)
-    pack_sizes: dict[str, int] = field(default_factory=dict)
-    files: list[str] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-
-    def add_pack(self, pack_id: str, size: int, entries: Iterable[PackEntry]) -> None:
-        self.pack_sizes[pack_id] = size
-        for entry in entries:
-            location = ChunkLocation(pack_id=pack_id, entry=entry)
-            existing = self.locations.setdefault(entry.chunk_id, location)
-            if existing is not location and existing.pack_id != pack_id:
-                self.duplicates.setdefault(entry.chunk_id, []).append(location)
-
-    def all_locations(self, chunk_id: str) -> list[ChunkLocation]:
-        primary = self.locations.get(chunk_id)
-        return ([primary] if primary else []) + self.duplicates.get(chunk_id, [])
-
-    def __contains__(self, chunk_id: str) -> bool:
-        return chunk_id in self.locations
 
 
 def _pack_order(entry: PackEntry) -> tuple[int, int, str]:
@@ -196,7 +166,7 @@ def _get_bounded(storage: Storage, name: str, limit: int, error: type[CorruptDat
 #: Index files of version 2 start with this magic; version 1 files are JSON (start with "{").
 INDEX_MAGIC = b"DBKINDX2"
 #: One row of a version 2 index: pack id, pack size, then a pack header entry.
-INDEX_ROW = struct.Struct("<32sQ" + packformat.ENTRY.format[1:])
+INDEX_ROW = chunk_index.ROW
 #: A genuine row holds two random 32-byte ids and compresses to no less than about
 #: 35 bytes; an index that claims to grow more than this many times is damage (a bomb).
 MAX_INDEX_EXPANSION = 16
@@ -208,22 +178,22 @@ def encode_index(packs: dict[str, tuple[int, list[PackEntry]]]) -> bytes:
     Rows are sorted by pack id and, within a pack, in pack order, so the same
     packs always give the same bytes (and so the same name).
     """
-    rows = bytearray()
-    for pack_id, (size, entries) in sorted(packs.items()):
-        raw_pack_id = bytes.fromhex(pack_id)
-        for entry in sorted(entries, key=_pack_order):
-            rows += INDEX_ROW.pack(
-                raw_pack_id,
-                size,
-                bytes.fromhex(entry.chunk_id),
-                entry.frame_offset,
-                entry.frame_length,
-                entry.offset_in_frame,
-                entry.length,
-                entry.compression,
-            )
-    compressed = zstandard.ZstdCompressor(level=INDEX_COMPRESSION_LEVEL, write_content_size=True).compress(bytes(rows))
-    return INDEX_MAGIC + compressed
+    return encode_index_rows({pack_id: encode_rows(pack_id, size, sorted(entries, key=_pack_order)) for pack_id, (size, entries) in packs.items()})
+
+
+def encode_index_rows(rows_by_pack: dict[str, bytes | memoryview]) -> bytes:
+    """``encode_index`` from each pack's rows, already in pack order.
+
+    The rows are compressed pack by pack into one frame (its size declared), so
+    they are never joined into one more copy of the whole index.
+    """
+    compressor = zstandard.ZstdCompressor(level=INDEX_COMPRESSION_LEVEL, write_content_size=True)
+    stream = compressor.compressobj(size=sum(len(rows) for rows in rows_by_pack.values()))
+    pieces = [INDEX_MAGIC]
+    for _, rows in sorted(rows_by_pack.items()):
+        pieces.append(stream.compress(rows))
+    pieces.append(stream.flush())
+    return b"".join(pieces)
 
 
 def decode_index(data: bytes, name: str, *, verify_name: bool = True) -> dict[str, tuple[int, list[PackEntry]]]:
@@ -232,21 +202,31 @@ def decode_index(data: bytes, name: str, *, verify_name: bool = True) -> dict[st
     ``verify_name=False`` when the caller already checked the stored (sealed)
     bytes against the name and passes the opened plaintext.
     """
+    rows = decode_index_rows(data, name, verify_name=verify_name)
+    result: dict[str, tuple[int, list[PackEntry]]] = {}
+    for raw_pack_id, size, raw_chunk_id, frame_offset, frame_length, offset_in_frame, length, compression in INDEX_ROW.iter_unpack(rows):
+        entry = PackEntry(chunk_id=raw_chunk_id.hex(), frame_offset=frame_offset, frame_length=frame_length, offset_in_frame=offset_in_frame, length=length, compression=compression)
+        result.setdefault(raw_pack_id.hex(), (size, []))[1].append(entry)
+    return result
+
+
+def decode_index_rows(data: bytes, name: str, *, verify_name: bool = True) -> bytes:
+    """One index file's checked rows (INDEX_ROW records); raises CorruptIndex if it is damaged in any way."""
     if verify_name and hashlib.sha256(data).hexdigest() != name.rsplit("/", 1)[-1]:
         raise CorruptIndex(f"index file {name} does not hash to its name: it was damaged")
     try:
         if data.startswith(INDEX_MAGIC):
-            return _decode_index_rows(data[len(INDEX_MAGIC) :], name)
+            return _checked_rows(_decompress_rows(data[len(INDEX_MAGIC) :], name), name)
         if data.startswith(INDEX_MAGIC[:-1]):
             raise CorruptIndex(f"index file {name} is of version {data[len(INDEX_MAGIC) - 1 : len(INDEX_MAGIC)]!r}, which this dbkeep cannot read; upgrade dbkeep")
-        return _decode_json_index(data, name)
+        return b"".join(encode_rows(pack_id, size, entries) for pack_id, (size, entries) in _decode_json_index(data, name).items())
     except CorruptIndex:
         raise
-    except (CorruptPack, ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
+    except (CorruptPack, ValueError, KeyError, TypeError, AttributeError, RecursionError, struct.error) as error:
         raise CorruptIndex(f"index file {name} does not match the format: {type(error).__name__}: {str(error)[:200]}") from error
 
 
-def _decode_index_rows(compressed: bytes, name: str) -> dict[str, tuple[int, list[PackEntry]]]:
+def _decompress_rows(compressed: bytes, name: str) -> bytearray:
     limit = min(MAX_INDEX_BYTES, MAX_INDEX_EXPANSION * len(compressed) + 4096)
     try:
         declared = zstandard.frame_content_size(compressed)
@@ -255,25 +235,36 @@ def _decode_index_rows(compressed: bytes, name: str) -> dict[str, tuple[int, lis
         if declared > limit:
             raise CorruptIndex(f"index file {name} claims {declared} bytes of rows, more than {limit} could hold: it is damaged")
         # The declared size is checked, not trusted: decompression stops past it.
-        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(compressed), read_across_frames=False) as reader:
-            rows = reader.read(declared + 1)
+        # Into a bytearray the in-memory index can keep as it is, without a copy.
+        rows = bytearray(declared + 1)
+        filled = 0
+        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(compressed), read_across_frames=False) as reader, memoryview(rows) as view:
+            while filled < len(rows) and (count := reader.readinto(view[filled:])):
+                filled += count
+        del rows[filled:]
     except zstandard.ZstdError as error:
         raise CorruptIndex(f"index file {name} does not decompress: {str(error)[:200]}") from error
     if len(rows) != declared:
         raise CorruptIndex(f"index file {name} decompresses to {len(rows)} bytes, not the {declared} its frame declares: it is damaged")
     if len(rows) % INDEX_ROW.size:
         raise CorruptIndex(f"index file {name} is not a whole number of {INDEX_ROW.size}-byte rows: it is damaged")
-    result: dict[str, tuple[int, list[PackEntry]]] = {}
-    for raw_pack_id, size, raw_chunk_id, frame_offset, frame_length, offset_in_frame, length, compression in INDEX_ROW.iter_unpack(rows):
-        pack_id = raw_pack_id.hex()
-        if not 0 <= size <= packformat.MAX_PACK_BYTES:
-            raise CorruptIndex(f"index file {name} has a bad pack size")
-        entry = PackEntry.from_fields(raw_chunk_id, frame_offset, frame_length, offset_in_frame, length, compression)
-        known = result.setdefault(pack_id, (size, []))
-        if known[0] != size:
-            raise CorruptIndex(f"index file {name} gives pack {pack_id} two sizes: it is damaged")
-        known[1].append(entry)
-    return result
+    return rows
+
+
+#: The fields of a row that have bounds: pack id, pack size, frame length, offset in frame, length, compression.
+_ROW_BOUNDS = struct.Struct("<32sQ40xIIIB")
+
+
+def _checked_rows(rows: bytes, name: str) -> bytes:
+    """``rows`` if every one is within the format's bounds and gives its pack one size."""
+    sizes: dict[bytes, int] = {}
+    most = packformat.MAX_FRAME_BYTES
+    for raw_pack_id, size, frame_length, offset_in_frame, length, compression in _ROW_BOUNDS.iter_unpack(rows):
+        if sizes.setdefault(raw_pack_id, size) != size:
+            raise CorruptIndex(f"index file {name} gives pack {raw_pack_id.hex()} two sizes: it is damaged")
+        if size > packformat.MAX_PACK_BYTES or compression > packformat.COMPRESSION_ZSTD or offset_in_frame + length > most or frame_length > most:
+            raise CorruptIndex(f"index file {name} has a row out of bounds (pack size {size}, frame length {frame_length}, chunk {offset_in_frame}+{length}, compression {compression}): it is damaged")
+    return rows
 
 
 def _decode_json_index(data: bytes, name: str) -> dict[str, tuple[int, list[PackEntry]]]:
@@ -470,11 +461,20 @@ class Repository:
         return packformat.split_sealed_pack(data, pack_id, lambda sealed: keys.open(sealed, self._aad("pack-header"), f"header of pack {pack_id}"))
 
     def _decode_index(self, data: bytes, name: str) -> dict[str, tuple[int, list[PackEntry]]]:
-        if self.keys is None:
-            return decode_index(data, name)
+        """An index file's packs and their entries, opened first in an encrypted repository."""
+        return decode_index(self._index_plaintext(data, name), name, verify_name=False)
+
+    def _decode_index_rows(self, data: bytes, name: str) -> bytes:
+        """An index file's checked rows, opened first in an encrypted repository."""
+        return decode_index_rows(self._index_plaintext(data, name), name, verify_name=False)
+
+    def _index_plaintext(self, data: bytes, name: str) -> bytes:
+        """The index file's bytes, checked against its name (and opened, if sealed)."""
         if hashlib.sha256(data).hexdigest() != name.rsplit("/", 1)[-1]:
             raise CorruptIndex(f"index file {name} does not hash to its name: it was damaged")
-        return decode_index(self.keys.open_object(data, self._aad("index"), f"index file {name}"), name, verify_name=False)
+        if self.keys is None:
+            return data
+        return self.keys.open_object(data, self._aad("index"), f"index file {name}")
 
     # -- index ----------------------------------------------------------------------
 
@@ -485,12 +485,11 @@ class Repository:
             for info in self.storage.list("index"):
                 index.files.append(info.name)
                 try:
-                    packs = self._decode_index(_get_bounded(self.storage, info.name, MAX_INDEX_BYTES, CorruptIndex), info.name)
+                    rows = self._decode_index_rows(_get_bounded(self.storage, info.name, MAX_INDEX_BYTES, CorruptIndex), info.name)
                 except (CorruptIndex, AuthenticationFailed, StorageError) as error:
                     index.problems.append(str(error))
                     continue
-                for pack_id, (size, entries) in packs.items():
-                    index.add_pack(pack_id, size, entries)
+                index.add_rows(rows)
             self._index = index
         return self._index
 
@@ -521,7 +520,9 @@ class Repository:
         return len(packs), problems
 
     def _write_index(self, packs: dict[str, tuple[int, list[PackEntry]]]) -> str:
-        data = encode_index(packs)
+        return self._write_index_file(encode_index(packs))
+
+    def _write_index_file(self, data: bytes) -> str:
         if self.keys is not None:
             data = self.keys.seal_object(data, self._aad("index"))
         digest = hashlib.sha256(data).hexdigest()
@@ -562,9 +563,12 @@ class Repository:
 
     # -- writing chunks -------------------------------------------------------------
 
-    def writer(self, *, ignore_packs: Iterable[str] = ()) -> ChunkWriter:
-        """A chunk writer; chunks only found in ``ignore_packs`` count as absent (repack)."""
-        return ChunkWriter(self, ignore_packs=ignore_packs)
+    def writer(self, *, ignore_packs: Iterable[str] = (), keep_entries: bool = False) -> ChunkWriter:
+        """A chunk writer; chunks only found in ``ignore_packs`` count as absent (repack).
+
+        ``keep_entries`` keeps every written pack's entries in ``packs_written``.
+        """
+        return ChunkWriter(self, ignore_packs=ignore_packs, keep_entries=keep_entries)
 
     # -- reading chunks -------------------------------------------------------------
 
@@ -871,7 +875,7 @@ class ChunkWriter:
     the index durable; only then may a manifest name these chunks.
     """
 
-    def __init__(self, repository: Repository, *, ignore_packs: Iterable[str] = ()) -> None:
+    def __init__(self, repository: Repository, *, ignore_packs: Iterable[str] = (), keep_entries: bool = False) -> None:
         self.repository = repository
         self.index = repository.index()
         # A chunk counts as stored only if its pack is present at the indexed size,
@@ -879,8 +883,10 @@ class ChunkWriter:
         present = {info.name.rsplit("/", 1)[-1]: info.size for info in repository.storage.list("packs")}
         self._usable_packs = {pack_id for pack_id, size in self.index.pack_sizes.items() if present.get(pack_id) == size}
         self._usable_packs -= set(ignore_packs)
-        #: Every pack this writer published, with its entries (prune's repack needs them).
+        #: Every pack this writer published, with its entries, when ``keep_entries``
+        #: (prune's repack needs them; a backup does not keep an object per chunk).
         self.packs_written: dict[str, tuple[int, list[PackEntry]]] = {}
+        self._keep_entries = keep_entries
         config = repository.config
         #: zstd level for frames closed from now on; 0 stores them raw.
         self._level = config.compression_level if config.compression == "zstd" else 0
@@ -895,7 +901,8 @@ class ChunkWriter:
         self._in_flight: collections.deque[Future[Frame]] = collections.deque()
         self._frames: list[tuple[int, Frame]] = []
         self._pack_bytes = 0
-        self._written: dict[str, tuple[int, list[PackEntry]]] = {}
+        #: Pack id -> its index rows, or the numbers of those rows in the index.
+        self._written: dict[str, bytes | range] = {}
         self.stored_bytes = 0
 
     def chunk_id(self, data: bytes | memoryview) -> str:
@@ -904,7 +911,7 @@ class ChunkWriter:
     def has(self, chunk_id: str) -> bool:
         if chunk_id in self._pending_ids:
             return True
-        return any(location.pack_id in self._usable_packs for location in self.index.all_locations(chunk_id))
+        return any(pack_id in self._usable_packs for pack_id in self.index.packs_holding(chunk_id))
 
     def reuse(self, chunk_id: str) -> bool:
         """True if the repository has the chunk, which then counts as reused in the stream.
@@ -957,24 +964,27 @@ class ChunkWriter:
                 new_bytes += len(chunk)
         return ids, new_chunks, new_bytes
 
-    def add_chunk_tree(self, chunk_ids: list[str]) -> tuple[list[str], int]:
+    def add_chunk_tree(self, chunk_ids: Sequence[str] | bytes | bytearray) -> tuple[list[str], int]:
         """Store a file's chunk ids as a chunk list tree; returns (the manifest's list ids, levels).
 
+        ``chunk_ids`` are hex strings, or the raw 32-byte ids one after another.
         Leaves hold CHUNK_LIST_FANOUT data chunk ids; each level above holds
         CHUNK_TREE_FANOUT list ids, until at most CHUNK_TREE_FANOUT ids are left.
         """
-        list_ids = self.add_chunk_list(chunk_ids, fanout=CHUNK_LIST_FANOUT)
+        raw = chunk_ids if isinstance(chunk_ids, (bytes, bytearray)) else bytes.fromhex("".join(chunk_ids))
+        list_ids = self.add_chunk_list(raw, fanout=CHUNK_LIST_FANOUT)
         levels = 1
         while len(list_ids) > CHUNK_TREE_FANOUT:
-            list_ids = self.add_chunk_list(list_ids, fanout=CHUNK_TREE_FANOUT)
+            list_ids = self.add_chunk_list(bytes.fromhex("".join(list_ids)), fanout=CHUNK_TREE_FANOUT)
             levels += 1
         return list_ids, levels
 
-    def add_chunk_list(self, chunk_ids: list[str], *, fanout: int) -> list[str]:
-        """Store ids as one level of chunk lists of ``fanout`` ids; returns the list ids in order."""
+    def add_chunk_list(self, raw_ids: bytes | bytearray, *, fanout: int) -> list[str]:
+        """Store raw 32-byte ids as one level of chunk lists of ``fanout`` ids; returns the list ids in order."""
         list_ids: list[str] = []
-        for start in range(0, len(chunk_ids), fanout):
-            data = b"".join(bytes.fromhex(chunk_id) for chunk_id in chunk_ids[start : start + fanout])
+        step = fanout * CHUNK_ID_BYTES
+        for start in range(0, len(raw_ids), step):
+            data = bytes(raw_ids[start : start + step])
             list_id = self.repository.chunk_id(data)
             self.add(list_id, data)
             list_ids.append(list_id)
@@ -1028,11 +1038,16 @@ class ChunkWriter:
             digest.update(piece)
         pack_id = digest.hexdigest()
         size = self.repository.put_content_addressed(pack_name(pack_id), pieces, pack_id)
-        entries = packformat.header_entries(self._frames)
-        self._written[pack_id] = (size, entries)
-        self.packs_written[pack_id] = (size, entries)
-        self.index.add_pack(pack_id, size, entries)
+        rows = _frame_rows(pack_id, size, self._frames)
+        if self._keep_entries:
+            self.packs_written[pack_id] = (size, packformat.header_entries(self._frames))
+        added = self.index.add_rows(rows)
+        # The index holds the rows now; refer to them there rather than keep a copy.
+        self._written[pack_id] = added if len(added) * INDEX_ROW.size == len(rows) else rows
         self._usable_packs.add(pack_id)
+        # Indexed now: the pending set only needs the chunks not yet in a pack.
+        for _, frame in self._frames:
+            self._pending_ids.difference_update(chunk_id for chunk_id, _, _ in frame.chunks)
         self.stored_bytes += size
         self._frames = []
         self._pack_bytes = 0
@@ -1046,7 +1061,11 @@ class ChunkWriter:
             self._stop_worker()
         self._write_pack()
         if self._written:
-            self.repository._write_index(self._written)
+            with self.index.row_view() as view:
+                rows = {pack_id: view[rows.start * INDEX_ROW.size : rows.stop * INDEX_ROW.size] if isinstance(rows, range) else rows for pack_id, rows in self._written.items()}
+                data = encode_index_rows(rows)
+                del rows
+            self.repository._write_index_file(data)
             self._written = {}
         self._pending_ids.clear()
 
@@ -1057,6 +1076,16 @@ class ChunkWriter:
             self._in_flight.clear()
             self._executor.shutdown(wait=True)
             self._executor = None
+
+
+def _frame_rows(pack_id: str, size: int, frames: Sequence[tuple[int, Frame]]) -> bytes:
+    """The index rows of a pack's frames placed at their offsets, in pack order."""
+    raw_pack_id = bytes.fromhex(pack_id)
+    return b"".join(
+        INDEX_ROW.pack(raw_pack_id, size, bytes.fromhex(chunk_id), frame_offset, len(frame.data), offset_in_frame, length, frame.compression)
+        for frame_offset, frame in frames
+        for chunk_id, offset_in_frame, length in frame.chunks
+    )
 
 
 def _frames_fit_cache(runs: list[list]) -> bool:

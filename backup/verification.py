@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-import itertools
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -143,7 +142,7 @@ def _check_packs(repository: Repository, present: dict[str, int], report: Verify
     index = repository.index()
     bad = state.bad_packs
     by_pack: dict[str, list[PackEntry]] = {}
-    for location in itertools.chain(index.locations.values(), itertools.chain.from_iterable(index.duplicates.values())):
+    for location in index.every_location():
         by_pack.setdefault(location.pack_id, []).append(location.entry)
         state.frames.setdefault((location.pack_id, location.entry.frame_offset), []).append(location.entry)
     progress.begin("verify packs", sum(index.pack_sizes.values()))

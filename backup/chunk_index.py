@@ -1,0 +1,301 @@
+"""The merged chunk index in memory: chunk id -> the packs that hold the chunk.
+
+Owns: holding every index row compactly and answering lookups. Knows nothing of
+storage or of the index file format beyond its fixed rows (repository.py reads
+and checks the files; docs/format.md specifies them).
+
+A repository of a 1 GiB database holds about 262,000 chunks of 4 KiB, and every
+backup, verify and restore loads the whole index. A dict of per-chunk objects cost
+about 380 bytes a chunk (100 MiB at that size, and a second of building); here the
+index files' own 93-byte rows sit in one bytearray, ordered by an array of 8-byte id
+prefixes: about 105 bytes a chunk, built without an object per row. Lookups bisect
+the prefix array, then compare the whole id, so two ids sharing a prefix are told
+apart. ``ChunkLocation`` objects are made only for the chunks a caller asks about.
+"""
+
+from __future__ import annotations
+
+import bisect
+import struct
+from array import array
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+from .pack import ENTRY, PackEntry
+
+#: One row: pack id, pack size, then a pack header entry (chunk id first).
+ROW = struct.Struct("<32sQ" + ENTRY.format[1:])
+#: The chunk id's first 8 bytes, big-endian: the same number as ``int(chunk_id[:16], 16)``.
+_PREFIX = struct.Struct(">40xQ45x")
+_PACK_AND_SIZE = struct.Struct("<32sQ53x")
+_CHUNK_ID_AT = 40
+#: Rows added one pack at a time (by a writer) wait in a small dict until there are
+#: this many, or half as many as are sorted already; then all are sorted together.
+_MERGE_AT_LEAST = 32768
+_ROW_BITS = 32
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChunkLocation:
+    pack_id: str
+    entry: PackEntry
+
+
+def encode_rows(pack_id: str, size: int, entries: Iterable[PackEntry]) -> bytes:
+    """The index rows of one pack's entries."""
+    raw_pack_id = bytes.fromhex(pack_id)
+    return b"".join(
+        ROW.pack(
+            raw_pack_id,
+            size,
+            bytes.fromhex(entry.chunk_id),
+            entry.frame_offset,
+            entry.frame_length,
+            entry.offset_in_frame,
+            entry.length,
+            entry.compression,
+        )
+        for entry in entries
+    )
+
+
+class Index:
+    """Chunk id -> location, merged from every index file.
+
+    ``locations`` maps each chunk id to its first location (the copy read first);
+    ``all_locations`` also gives the further copies of a chunk stored again after
+    its first pack was lost, tried in turn. Rows must be checked before they are
+    added (repository.decode_index_rows does).
+    """
+
+    __slots__ = ("pack_sizes", "files", "problems", "locations", "_rows", "_count", "_keys", "_order", "_recent", "_pack_hex")
+
+    def __init__(self) -> None:
+        self.pack_sizes: dict[str, int] = {}
+        self.files: list[str] = []
+        self.problems: list[str] = []
+        self.locations = Locations(self)
+        self._rows = bytearray()
+        self._count = 0
+        # Rows [0, len(_keys)) in id-prefix order: prefix in _keys, row number in _order.
+        self._keys = array("Q")
+        self._order = array("I")
+        # Rows added since the last sort (the rows from len(_keys) on): prefix -> row
+        # number, or a list of them when several share the prefix, oldest first.
+        self._recent: dict[int, int | list[int]] = {}
+        self._pack_hex: dict[bytes, str] = {}
+
+    def __len__(self) -> int:
+        """How many rows are held (a chunk stored in two packs counts twice)."""
+        return self._count
+
+    # -- adding ---------------------------------------------------------------------
+
+    def add_rows(self, rows: bytes | bytearray) -> range:
+        """Add checked index rows (whole ROW.size records); returns the row numbers they got.
+
+        A pack already indexed (listed again by a second index file, or written
+        again with the same bytes) keeps its first rows: a pack's entries are fixed
+        by its bytes, so a later listing adds nothing.
+        """
+        if not rows:
+            return range(self._count, self._count)
+        known = self._pack_hex
+        new_packs: dict[bytes, int] = {}
+        seen_before = False
+        for raw_pack_id, size in _PACK_AND_SIZE.iter_unpack(rows):
+            if raw_pack_id in known:
+                seen_before = True
+            elif raw_pack_id not in new_packs:
+                new_packs[raw_pack_id] = size
+        if seen_before:
+            rows = b"".join(rows[start : start + ROW.size] for start in range(0, len(rows), ROW.size) if bytes(rows[start : start + 32]) not in known)
+        for raw_pack_id, size in new_packs.items():
+            pack_id = raw_pack_id.hex()
+            known[raw_pack_id] = pack_id
+            self.pack_sizes[pack_id] = size
+        first = self._count
+        if self._rows:
+            self._rows += rows
+        else:
+            self._rows = rows if isinstance(rows, bytearray) else bytearray(rows)
+        self._count += len(rows) // ROW.size
+        added = range(first, self._count)
+        if self._count - len(self._keys) >= max(_MERGE_AT_LEAST, len(self._keys) // 2):
+            self._sort()
+            return added
+        recent = self._recent
+        for row, (prefix,) in enumerate(_PREFIX.iter_unpack(rows), first):
+            held = recent.get(prefix)
+            if held is None:
+                recent[prefix] = row
+            elif isinstance(held, int):
+                recent[prefix] = [held, row]
+            else:
+                held.append(row)
+        return added
+
+    def row_view(self) -> memoryview:
+        """A read-only view of every row (as ``add_rows`` numbered them); release it before adding rows."""
+        return memoryview(self._rows).toreadonly()
+
+    def add_pack(self, pack_id: str, size: int, entries: Iterable[PackEntry]) -> range:
+        return self.add_rows(encode_rows(pack_id, size, entries))
+
+    def _sort(self) -> None:
+        """Sort every row added since the last sort into the arrays.
+
+        The rows sorted before are already in order and the new ones are sorted
+        first, so the final sort only merges two runs (timsort finds them).
+        """
+        done = len(self._keys)
+        if done == self._count:
+            return
+        with memoryview(self._rows) as rows:
+            new = sorted((prefix << _ROW_BITS) | row for row, (prefix,) in enumerate(_PREFIX.iter_unpack(rows[done * ROW.size :]), done))
+        if done:
+            merged = [(key << _ROW_BITS) | row for key, row in zip(self._keys, self._order)]
+            merged += new
+            merged.sort()
+        else:
+            merged = new
+        mask = (1 << _ROW_BITS) - 1
+        self._keys = array("Q", [value >> _ROW_BITS for value in merged])
+        self._order = array("I", [value & mask for value in merged])
+        self._recent = {}
+
+    # -- looking up -----------------------------------------------------------------
+
+    def _rows_of(self, chunk_id: str) -> list[int]:
+        """Row numbers holding ``chunk_id``, in the order they were added."""
+        try:
+            prefix = int(chunk_id[:16], 16)
+            raw = bytes.fromhex(chunk_id)
+        except ValueError:
+            return []
+        found: list[int] = []
+        keys, order, rows = self._keys, self._order, self._rows
+        position = bisect.bisect_left(keys, prefix)
+        end = len(keys)
+        while position < end and keys[position] == prefix:
+            row = order[position]
+            start = row * ROW.size + _CHUNK_ID_AT
+            if rows[start : start + 32] == raw:
+                found.append(row)
+            position += 1
+        held = self._recent.get(prefix)
+        for row in (held,) if isinstance(held, int) else held or ():
+            start = row * ROW.size + _CHUNK_ID_AT
+            if rows[start : start + 32] == raw:
+                found.append(row)
+        if len(found) > 1:
+            found.sort()
+        return found
+
+    def _location(self, row: int, chunk_id: str) -> ChunkLocation:
+        raw_pack_id, _size, _raw_id, frame_offset, frame_length, offset_in_frame, length, compression = ROW.unpack_from(self._rows, row * ROW.size)
+        return ChunkLocation(
+            pack_id=self._pack_hex[raw_pack_id],
+            entry=PackEntry(
+                chunk_id=chunk_id,
+                frame_offset=frame_offset,
+                frame_length=frame_length,
+                offset_in_frame=offset_in_frame,
+                length=length,
+                compression=compression,
+            ),
+        )
+
+    def first_location(self, chunk_id: str) -> ChunkLocation | None:
+        rows = self._rows_of(chunk_id)
+        return self._location(rows[0], chunk_id) if rows else None
+
+    def packs_holding(self, chunk_id: str) -> list[str]:
+        """The ids of the packs holding the chunk, without building its locations."""
+        rows, pack_hex = self._rows, self._pack_hex
+        return [pack_hex[bytes(rows[row * ROW.size : row * ROW.size + 32])] for row in self._rows_of(chunk_id)]
+
+    def all_locations(self, chunk_id: str) -> list[ChunkLocation]:
+        """Every copy of the chunk (one per pack), the first stored first."""
+        return [self._location(row, chunk_id) for row in self._rows_of(chunk_id)]
+
+    def __contains__(self, chunk_id: object) -> bool:
+        return isinstance(chunk_id, str) and bool(self._rows_of(chunk_id))
+
+    # -- walking --------------------------------------------------------------------
+
+    def _groups(self) -> Iterator[tuple[str, list[ChunkLocation]]]:
+        """(chunk id, its locations, first stored first) for every chunk, in id order."""
+        self._sort()
+        keys, order, rows = self._keys, self._order, self._rows
+        position, end = 0, len(keys)
+        while position < end:
+            stop = position + 1
+            while stop < end and keys[stop] == keys[position]:
+                stop += 1
+            by_id: dict[bytes, list[int]] = {}
+            for row in sorted(order[position:stop]):
+                start = row * ROW.size + _CHUNK_ID_AT
+                by_id.setdefault(bytes(rows[start : start + 32]), []).append(row)
+            for raw, chunk_rows in sorted(by_id.items()):
+                chunk_id = raw.hex()
+                yield chunk_id, [self._location(row, chunk_id) for row in chunk_rows]
+            position = stop
+
+    def every_location(self) -> Iterator[ChunkLocation]:
+        """Every stored copy of every chunk, in the order the rows were added."""
+        pack_hex = self._pack_hex
+        for raw_pack_id, _size, raw_id, frame_offset, frame_length, offset_in_frame, length, compression in ROW.iter_unpack(self._rows):
+            yield ChunkLocation(
+                pack_id=pack_hex[raw_pack_id],
+                entry=PackEntry(
+                    chunk_id=raw_id.hex(),
+                    frame_offset=frame_offset,
+                    frame_length=frame_length,
+                    offset_in_frame=offset_in_frame,
+                    length=length,
+                    compression=compression,
+                ),
+            )
+
+    @property
+    def duplicates(self) -> dict[str, list[ChunkLocation]]:
+        """Chunk id -> its further copies, for chunks stored in more than one pack."""
+        return {chunk_id: locations[1:] for chunk_id, locations in self._groups() if len(locations) > 1}
+
+
+class Locations(Mapping[str, ChunkLocation]):
+    """A read-only mapping view: chunk id -> its first location."""
+
+    __slots__ = ("_index",)
+
+    def __init__(self, index: Index) -> None:
+        self._index = index
+
+    def __getitem__(self, chunk_id: str) -> ChunkLocation:
+        location = self._index.first_location(chunk_id)
+        if location is None:
+            raise KeyError(chunk_id)
+        return location
+
+    def get(self, chunk_id: str, default: ChunkLocation | None = None) -> ChunkLocation | None:  # type: ignore[override]
+        location = self._index.first_location(chunk_id)
+        return default if location is None else location
+
+    def __contains__(self, chunk_id: object) -> bool:
+        return chunk_id in self._index
+
+    def __iter__(self) -> Iterator[str]:
+        for chunk_id, _ in self._index._groups():
+            yield chunk_id
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self._index._groups())
+
+    def items(self) -> Iterator[tuple[str, ChunkLocation]]:  # type: ignore[override]
+        for chunk_id, locations in self._index._groups():
+            yield chunk_id, locations[0]
+
+    def values(self) -> Iterator[ChunkLocation]:  # type: ignore[override]
+        for _, locations in self._index._groups():
+            yield locations[0]
