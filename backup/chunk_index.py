@@ -28,6 +28,7 @@ ROW = struct.Struct("<32sQ" + ENTRY.format[1:])
 #: The chunk id's first 8 bytes, big-endian: the same number as ``int(chunk_id[:16], 16)``.
 _PREFIX = struct.Struct(">40xQ45x")
 _PACK_AND_SIZE = struct.Struct("<32sQ53x")
+_PACK_AND_FRAME = struct.Struct("<32s40xQ13x")
 _CHUNK_ID_AT = 40
 #: Rows added one pack at a time (by a writer) wait in a small dict until there are
 #: this many, or half as many as are sorted already; then all are sorted together.
@@ -257,6 +258,50 @@ class Index:
                     compression=compression,
                 ),
             )
+
+    def row_ranges(self) -> tuple[dict[str, list[range]], dict[tuple[str, int], list[range]]]:
+        """The rows of each pack and of each (pack, frame offset), as runs of row numbers.
+
+        A pack's rows come from one index file in pack order, so each pack and
+        each frame is usually one run; ``entries_in`` turns runs into entries only
+        for the pack or frame being checked.
+        """
+        starts: list[tuple[int, tuple[bytes, int]]] = []
+        previous = None
+        for row, key in enumerate(_PACK_AND_FRAME.iter_unpack(self._rows)):
+            if key != previous:
+                starts.append((row, key))
+                previous = key
+        by_pack: dict[str, list[range]] = {}
+        by_frame: dict[tuple[str, int], list[range]] = {}
+        stops = [start for start, _ in starts[1:]] + [self._count]
+        for (start, (raw_pack_id, frame_offset)), stop in zip(starts, stops):
+            pack_id = self._pack_hex[raw_pack_id]
+            by_frame.setdefault((pack_id, frame_offset), []).append(range(start, stop))
+            runs = by_pack.setdefault(pack_id, [])
+            if runs and runs[-1].stop == start:
+                runs[-1] = range(runs[-1].start, stop)
+            else:
+                runs.append(range(start, stop))
+        return by_pack, by_frame
+
+    def entries_in(self, runs: Iterable[range]) -> list[PackEntry]:
+        """The entries of the rows in ``runs`` (from ``row_ranges``), in row order."""
+        entries: list[PackEntry] = []
+        with memoryview(self._rows) as rows:
+            for run in runs:
+                for _pack, _size, raw_id, frame_offset, frame_length, offset_in_frame, length, compression in ROW.iter_unpack(rows[run.start * ROW.size : run.stop * ROW.size]):
+                    entries.append(
+                        PackEntry(
+                            chunk_id=raw_id.hex(),
+                            frame_offset=frame_offset,
+                            frame_length=frame_length,
+                            offset_in_frame=offset_in_frame,
+                            length=length,
+                            compression=compression,
+                        )
+                    )
+        return entries
 
     @property
     def duplicates(self) -> dict[str, list[ChunkLocation]]:

@@ -129,8 +129,8 @@ class _State:
     chunk_status: dict[str, str | None] = field(default_factory=dict)
     #: chunk list id -> its bytes, so a list shared by snapshots is read once
     lists: dict[str, bytes] = field(default_factory=dict)
-    #: (pack id, frame offset) -> the index entries in that frame
-    frames: dict[tuple[str, int], list[PackEntry]] = field(default_factory=dict)
+    #: (pack id, frame offset) -> the index rows of that frame (Index.row_ranges)
+    frames: dict[tuple[str, int], list[range]] = field(default_factory=dict)
     #: frames whose chunks were all checked
     checked: set[tuple[str, int]] = field(default_factory=set)
     #: (pack id, chunk id) -> why that copy of the chunk failed its check
@@ -141,10 +141,9 @@ def _check_packs(repository: Repository, present: dict[str, int], report: Verify
     """Re-hash every indexed pack (or those in ``pack_ids``) and compare its header with the index."""
     index = repository.index()
     bad = state.bad_packs
-    by_pack: dict[str, list[PackEntry]] = {}
-    for location in index.every_location():
-        by_pack.setdefault(location.pack_id, []).append(location.entry)
-        state.frames.setdefault((location.pack_id, location.entry.frame_offset), []).append(location.entry)
+    # Row numbers, not an entry object per chunk: entries are made a pack (or a
+    # frame) at a time, when it is checked.
+    by_pack, state.frames = index.row_ranges()
     progress.begin("verify packs", sum(index.pack_sizes.values()))
     for pack_id, size in sorted(index.pack_sizes.items()):
         if pack_ids is not None and pack_id not in pack_ids:
@@ -167,7 +166,7 @@ def _check_packs(repository: Repository, present: dict[str, int], report: Verify
             # Not fatal for the whole pack: the file check hashes every chunk it
             # needs and names exactly the ones that were hit.
             report.problems.append(Problem(kind="pack-hash", message=f"pack {pack_id} does not hash to its name: its bytes were changed", pack_id=pack_id))
-        header_problem = _header_problem(repository, by_pack.get(pack_id, []), data, pack_id)
+        header_problem = _header_problem(repository, index.entries_in(by_pack.get(pack_id, [])), data, pack_id)
         if header_problem is not None:
             # The header is the redundant copy of the index used to rebuild it; its
             # damage alone leaves every chunk readable through the index, so the
@@ -381,7 +380,8 @@ def _read_runs(repository: Repository, batch: Sequence[ChunkLocation]) -> Iterat
 def _check_frame(repository: Repository, location: ChunkLocation, state: _State) -> None:
     key = (location.pack_id, location.entry.frame_offset)
     state.checked.add(key)
-    members = state.frames.get(key) or [location.entry]
+    runs = state.frames.get(key)
+    members = repository.index().entries_in(runs) if runs else [location.entry]
     for chunk_id, error in repository.check_frame(location.pack_id, members).items():
         state.damaged[(location.pack_id, chunk_id)] = error
 
