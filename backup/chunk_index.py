@@ -211,6 +211,27 @@ class Index:
         rows = self._rows_of(chunk_id)
         return self._location(rows[0], chunk_id) if rows else None
 
+    def held_in(self, chunk_id: str, packs: set[str]) -> bool:
+        """True if a pack in ``packs`` holds the chunk: the writer's question, asked once per chunk.
+
+        An unknown chunk is answered from the prefix alone, without decoding the id.
+        """
+        prefix = int(chunk_id[:16], 16)
+        keys, order, rows, pack_hex = self._keys, self._order, self._rows, self._pack_hex
+        position = bisect.bisect_left(keys, prefix)
+        end = len(keys)
+        raw = None
+        while position < end and keys[position] == prefix:
+            start = order[position] * ROW.size
+            if raw is None:
+                raw = bytes.fromhex(chunk_id)
+            if rows[start + _CHUNK_ID_AT : start + _CHUNK_ID_AT + 32] == raw and pack_hex[bytes(rows[start : start + 32])] in packs:
+                return True
+            position += 1
+        if prefix not in self._recent:
+            return False
+        return any(pack_id in packs for pack_id in self.packs_holding(chunk_id))
+
     def packs_holding(self, chunk_id: str) -> list[str]:
         """The ids of the packs holding the chunk, without building its locations."""
         rows, pack_hex = self._rows, self._pack_hex

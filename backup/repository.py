@@ -911,7 +911,7 @@ class ChunkWriter:
     def has(self, chunk_id: str) -> bool:
         if chunk_id in self._pending_ids:
             return True
-        return any(pack_id in self._usable_packs for pack_id in self.index.packs_holding(chunk_id))
+        return self.index.held_in(chunk_id, self._usable_packs)
 
     def reuse(self, chunk_id: str) -> bool:
         """True if the repository has the chunk, which then counts as reused in the stream.
