@@ -193,10 +193,16 @@ def apply_change(path: Path, change: str, seed: int) -> bytes:
 
 
 def content_floor(written: bytes) -> int:
-    """The changed values compressed alone at zstd's level 19: less than any backup can add for them."""
-    import zstandard
+    """The changed values compressed alone at zstd's level 19: less than any backup can add for them.
 
-    return len(zstandard.ZstdCompressor(level=19).compress(written)) if written else 0
+    Computed in a child process: level 19 needs about 100 MiB, and a child's
+    peak RSS on Linux starts from its parent's at fork, so growing this process
+    would inflate every later measurement.
+    """
+    if not written:
+        return 0
+    script = "import sys, zstandard; print(len(zstandard.ZstdCompressor(level=19).compress(sys.stdin.buffer.read())))"
+    return int(subprocess.run([sys.executable, "-c", script], input=written, capture_output=True, check=True).stdout)
 
 
 def content_digest(path: Path) -> str:
