@@ -1,0 +1,100 @@
+"""The in-memory chunk index: lookups stay exact however the rows arrive.
+
+Ids are built by hand so that several share their first 8 bytes (the sort key),
+which real SHA-256 ids almost never do; every answer must still compare whole ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from backup import chunk_index
+from backup.chunk_index import Index, encode_rows
+from backup.pack import PackEntry
+
+
+def _id(number: int, prefix: bytes | None = None) -> str:
+    digest = hashlib.sha256(number.to_bytes(8, "big")).digest()
+    return ((prefix + digest[len(prefix) :]) if prefix else digest).hex()
+
+
+def _entry(chunk_id: str, position: int) -> PackEntry:
+    return PackEntry(chunk_id=chunk_id, frame_offset=(position // 4) * 1000, frame_length=900, offset_in_frame=(position % 4) * 200, length=200, compression=1)
+
+
+def _pack(number: int) -> str:
+    return hashlib.sha256(b"pack" + bytes([number])).hexdigest()
+
+
+def test_ids_sharing_a_prefix_are_told_apart_in_both_the_sorted_and_the_recent_rows() -> None:
+    shared = b"\x42" * 8
+    first, second, absent = _id(1, shared), _id(2, shared), _id(3, shared)
+    index = Index()
+    index.add_pack(_pack(1), 5000, [_entry(first, 0)])  # few rows: they wait in the recent dict
+    index.add_pack(_pack(2), 6000, [_entry(second, 1)])
+    for _ in range(2):
+        assert index.locations[first].pack_id == _pack(1)
+        assert index.locations[second].pack_id == _pack(2)
+        assert index.locations[second].entry == _entry(second, 1)
+        assert absent not in index and index.locations.get(absent) is None
+        assert not index.held_in(absent, {_pack(1), _pack(2)})
+        assert index.held_in(second, {_pack(2)}) and not index.held_in(second, {_pack(1)})
+        index._sort()  # the same answers once every row is in the sorted arrays
+
+
+def test_a_chunk_in_two_packs_has_both_locations_first_stored_first() -> None:
+    chunk = _id(7)
+    index = Index()
+    index.add_pack(_pack(1), 5000, [_entry(chunk, 0)])
+    index.add_pack(_pack(2), 6000, [_entry(chunk, 3)])
+    assert [location.pack_id for location in index.all_locations(chunk)] == [_pack(1), _pack(2)]
+    assert index.locations[chunk].pack_id == _pack(1)
+    assert index.duplicates == {chunk: [index.all_locations(chunk)[1]]}
+    assert index.pack_sizes == {_pack(1): 5000, _pack(2): 6000}
+
+
+def test_a_pack_listed_again_keeps_its_first_rows() -> None:
+    chunks = [_id(number) for number in range(3)]
+    rows = encode_rows(_pack(1), 5000, [_entry(chunk, position) for position, chunk in enumerate(chunks)])
+    index = Index()
+    index.add_rows(rows)
+    again = index.add_rows(rows + encode_rows(_pack(2), 10, [_entry(_id(99), 0)]))
+    assert len(again) == 1 and len(index) == 4
+    assert all(len(index.all_locations(chunk)) == 1 for chunk in chunks)
+    assert sorted(index.locations) == sorted(chunks + [_id(99)])
+
+
+def test_many_rows_added_pack_by_pack_merge_into_the_sorted_arrays_without_losing_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(chunk_index, "_MERGE_AT_LEAST", 8)
+    index = Index()
+    expected: dict[str, tuple[str, PackEntry]] = {}
+    for pack_number in range(40):
+        entries = [_entry(_id(pack_number * 10 + position), position) for position in range(10)]
+        index.add_pack(_pack(pack_number), 1000 + pack_number, entries)
+        expected.update({entry.chunk_id: (_pack(pack_number), entry) for entry in entries})
+    assert len(index._keys) > 0 and len(index._recent) < len(expected)  # both parts are in use
+    assert len(index) == len(expected) == len(index.locations)
+    for chunk_id, (pack_id, entry) in expected.items():
+        location = index.locations[chunk_id]
+        assert (location.pack_id, location.entry) == (pack_id, entry)
+    assert sorted((location.pack_id, location.entry.chunk_id) for location in index.every_location()) == sorted((pack_id, chunk_id) for chunk_id, (pack_id, _) in expected.items())
+
+
+def test_row_ranges_give_each_pack_and_frame_its_entries() -> None:
+    index = Index()
+    chunks = [_id(number) for number in range(8)]
+    index.add_pack(_pack(1), 5000, [_entry(chunk, position) for position, chunk in enumerate(chunks)])
+    by_pack, by_frame = index.row_ranges()
+    assert [entry.chunk_id for entry in index.entries_in(by_pack[_pack(1)])] == chunks
+    assert sorted(by_frame) == [(_pack(1), 0), (_pack(1), 1000)]
+    assert [entry.chunk_id for entry in index.entries_in(by_frame[(_pack(1), 1000)])] == chunks[4:]
+
+
+def test_malformed_ids_are_simply_absent() -> None:
+    index = Index()
+    index.add_pack(_pack(1), 5000, [_entry(_id(1), 0)])
+    for bogus in ("", "zz" * 32, "ab", _id(1)[:-1] + "g"):
+        assert bogus not in index
+        assert index.locations.get(bogus) is None
