@@ -34,6 +34,8 @@ _CHUNK_ID_AT = 40
 #: this many, or half as many as are sorted already; then all are sorted together.
 _MERGE_AT_LEAST = 32768
 _ROW_BITS = 32
+#: How many answers of ``first_location`` are kept (about 250 bytes each).
+_RECENT_LOOKUPS = 16384
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -69,7 +71,7 @@ class Index:
     added (repository.decode_index_rows does).
     """
 
-    __slots__ = ("pack_sizes", "files", "problems", "locations", "_rows", "_count", "_keys", "_order", "_recent", "_pack_hex")
+    __slots__ = ("pack_sizes", "files", "problems", "locations", "_rows", "_count", "_keys", "_order", "_recent", "_pack_hex", "_lookups")
 
     def __init__(self) -> None:
         self.pack_sizes: dict[str, int] = {}
@@ -85,6 +87,7 @@ class Index:
         # number, or a list of them when several share the prefix, oldest first.
         self._recent: dict[int, int | list[int]] = {}
         self._pack_hex: dict[bytes, str] = {}
+        self._lookups: dict[str, ChunkLocation] = {}
 
     def __len__(self) -> int:
         """How many rows are held (a chunk stored in two packs counts twice)."""
@@ -208,8 +211,22 @@ class Index:
         )
 
     def first_location(self, chunk_id: str) -> ChunkLocation | None:
-        rows = self._rows_of(chunk_id)
-        return self._location(rows[0], chunk_id) if rows else None
+        """The chunk's first location; the last _RECENT_LOOKUPS answers are kept.
+
+        Verify and restore read the versions of a file side by side, so one chunk
+        is usually asked for again a few thousand lookups later.
+        """
+        cache = self._lookups
+        location = cache.get(chunk_id)
+        if location is None:
+            rows = self._rows_of(chunk_id)
+            if not rows:
+                return None
+            location = self._location(rows[0], chunk_id)
+            if len(cache) >= _RECENT_LOOKUPS:
+                cache.clear()
+            cache[chunk_id] = location
+        return location
 
     def held_in(self, chunk_id: str, packs: set[str]) -> bool:
         """True if a pack in ``packs`` holds the chunk: the writer's question, asked once per chunk.
