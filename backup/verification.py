@@ -129,6 +129,9 @@ class _State:
     chunk_status: dict[str, str | None] = field(default_factory=dict)
     #: chunk list id -> its bytes, so a list shared by snapshots is read once
     lists: dict[str, bytes] = field(default_factory=dict)
+    #: leaf chunk lists whose every chunk is stored in a good pack: versions of a
+    #: file share most of their lists, and each is looked at once
+    sound_lists: set[str] = field(default_factory=set)
     #: (pack id, frame offset) -> the index rows of that frame (Index.row_ranges)
     frames: dict[tuple[str, int], list[range]] = field(default_factory=dict)
     #: frames whose chunks were all checked
@@ -220,7 +223,7 @@ def _cached_status(repository: Repository, chunk_id: str, state: _State) -> str 
     return status[chunk_id]
 
 
-def _leaf_lists(repository: Repository, list_ids: Sequence[str], levels: int, state: _State) -> Iterator[list[str]]:
+def _leaf_lists(repository: Repository, list_ids: Sequence[str], levels: int, state: _State) -> Iterator[tuple[str, list[str]]]:
     """The data chunk ids of a chunk list tree, one leaf list at a time, in order.
 
     Raises _Damage on a list that is missing or damaged.
@@ -242,7 +245,7 @@ def _leaf_lists(repository: Repository, list_ids: Sequence[str], levels: int, st
         text = data.hex()
         ids = [text[position : position + 64] for position in range(0, len(text), 64)]
         if levels == 1:
-            yield ids
+            yield list_id, ids
         else:
             yield from _leaf_lists(repository, ids, levels - 1, state)
 
@@ -255,17 +258,22 @@ def _check_structure(repository: Repository, snapshot: Snapshot, entry: FileEntr
 
     missing: list[tuple[str, str]] = []
     count = 0
-    locations = repository.index().locations
+    index = repository.index()
     good_packs = state.good_packs
+    sound = state.sound_lists
     try:
-        for ids in _leaf_lists(repository, entry.chunk_lists, entry.chunk_list_levels, state):
+        for list_id, ids in _leaf_lists(repository, entry.chunk_lists, entry.chunk_list_levels, state):
             count += len(ids)
+            if list_id in sound:
+                continue
+            missing_before = len(missing)
             for chunk_id in ids:
-                location = locations.get(chunk_id)
-                if location is None or location.pack_id not in good_packs:
+                if not index.held_in(chunk_id, good_packs):
                     reason = _cached_status(repository, chunk_id, state)
                     if reason is not None:
                         missing.append((reason, chunk_id))
+            if len(missing) == missing_before:
+                sound.add(list_id)
     except _Damage as damage:
         problem(*damage.outcome)
         return False
@@ -353,7 +361,7 @@ def _pieces(repository: Repository, entry: FileEntry, state: _State) -> Iterator
     damaged = state.damaged
     batch: list[ChunkLocation] = []
     batch_bytes = 0
-    for ids in _leaf_lists(repository, entry.chunk_lists, entry.chunk_list_levels, state):
+    for _, ids in _leaf_lists(repository, entry.chunk_lists, entry.chunk_list_levels, state):
         for chunk_id in ids:
             location = locations.get(chunk_id)
             if location is None:
