@@ -299,7 +299,7 @@ def _reuse_unchanged(repository: Repository, writer, item: SelectedFile, stamp: 
         chunk_ids = list(repository.chunk_ids_of(previous.chunk_lists, levels=previous.chunk_list_levels, list_ids=list_ids))
     except CorruptData:
         return None
-    if len(chunk_ids) != previous.chunk_count or not all(writer.has(chunk_id) for chunk_id in (*list_ids, *chunk_ids)):
+    if len(chunk_ids) != previous.chunk_count or not all(writer.stored_flags([*list_ids, *chunk_ids])):
         return None
     stats.reused_chunks += len(chunk_ids)
     stats.logical_bytes += previous.size

@@ -181,16 +181,24 @@ def encode_index(packs: dict[str, tuple[int, list[PackEntry]]]) -> bytes:
     return encode_index_rows({pack_id: encode_rows(pack_id, size, sorted(entries, key=_pack_order)) for pack_id, (size, entries) in packs.items()})
 
 
-def encode_index_rows(rows_by_pack: dict[str, bytes | memoryview]) -> bytes:
+def encode_index_rows(rows_by_pack: dict[str, bytes | range], *, held: Index | None = None) -> bytes:
     """``encode_index`` from each pack's rows, already in pack order.
 
-    The rows are compressed pack by pack into one frame (its size declared), so
-    they are never joined into one more copy of the whole index.
+    A pack's rows are bytes, or the range of row numbers under which ``held``
+    holds them. They are compressed pack by pack into one frame (its size
+    declared), so the whole index is never joined into one more copy.
     """
+
+    def size(rows: bytes | range) -> int:
+        return len(rows) * INDEX_ROW.size if isinstance(rows, range) else len(rows)
+
     compressor = zstandard.ZstdCompressor(level=INDEX_COMPRESSION_LEVEL, write_content_size=True)
-    stream = compressor.compressobj(size=sum(len(rows) for rows in rows_by_pack.values()))
+    stream = compressor.compressobj(size=sum(size(rows) for rows in rows_by_pack.values()))
     pieces = [INDEX_MAGIC]
     for _, rows in sorted(rows_by_pack.items()):
+        if isinstance(rows, range):
+            assert held is not None
+            rows = held.row_bytes(rows)
         pieces.append(stream.compress(rows))
     pieces.append(stream.flush())
     return b"".join(pieces)
@@ -489,7 +497,7 @@ class Repository:
                 except (CorruptIndex, AuthenticationFailed, StorageError) as error:
                     index.problems.append(str(error))
                     continue
-                index.add_rows(rows)
+                index.add_rows(rows, adopt=True)
             self._index = index
         return self._index
 
@@ -957,12 +965,24 @@ class ChunkWriter:
         keyed = self.repository.keys
         hash_of = keyed.chunk_id if keyed is not None else packformat.chunk_id_of
         ids = [hash_of(chunk) for chunk in chunks]
+        stored = self.stored_flags(ids)
         new_chunks = new_bytes = 0
-        for chunk_id, chunk in zip(ids, chunks):
-            if self.add(chunk_id, chunk):
+        for chunk_id, chunk, known in zip(ids, chunks, stored):
+            if known:
+                self._run_broken = True
+            elif self.add(chunk_id, chunk):  # asks again: an earlier chunk of the batch may be this one
                 new_chunks += 1
                 new_bytes += len(chunk)
         return ids, new_chunks, new_bytes
+
+    def stored_flags(self, chunk_ids: Sequence[str]) -> list[bool]:
+        """For each chunk: is it stored in a usable pack already? (``has`` for many, without the pending ones.)
+
+        False can be out of date by the time a chunk is added (an earlier chunk of
+        the same batch may be it), so False is checked again through ``add``;
+        True stays true (packs are not removed while a writer runs).
+        """
+        return self.index.held_flags(chunk_ids, self._usable_packs)
 
     def add_chunk_tree(self, chunk_ids: Sequence[str] | bytes | bytearray) -> tuple[list[str], int]:
         """Store a file's chunk ids as a chunk list tree; returns (the manifest's list ids, levels).
@@ -1061,11 +1081,7 @@ class ChunkWriter:
             self._stop_worker()
         self._write_pack()
         if self._written:
-            with self.index.row_view() as view:
-                rows = {pack_id: view[rows.start * INDEX_ROW.size : rows.stop * INDEX_ROW.size] if isinstance(rows, range) else rows for pack_id, rows in self._written.items()}
-                data = encode_index_rows(rows)
-                del rows
-            self.repository._write_index_file(data)
+            self.repository._write_index_file(encode_index_rows(self._written, held=self.index))
             self._written = {}
         self._pending_ids.clear()
 

@@ -98,3 +98,49 @@ def test_malformed_ids_are_simply_absent() -> None:
     for bogus in ("", "zz" * 32, "ab", _id(1)[:-1] + "g"):
         assert bogus not in index
         assert index.locations.get(bogus) is None
+
+
+def test_held_flags_answer_as_held_in_does_for_sorted_and_recent_rows_and_unusable_packs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(chunk_index, "_MERGE_AT_LEAST", 16)
+    shared = b"\x07" * 8
+    index = Index()
+    stored: list[str] = []
+    for pack_number in range(6):
+        entries = [_entry(_id(pack_number * 10 + position, shared if position == 0 else None), position) for position in range(10)]
+        index.add_pack(_pack(pack_number), 1000, entries)
+        stored += [entry.chunk_id for entry in entries]
+    index.add_pack(_pack(9), 1000, [_entry(stored[0], 0), _entry(_id(999), 1)])  # a second copy, and rows left recent
+    assert index._recent, "some rows must still wait unsorted for this test to mean anything"
+    asked = stored + [_id(999), _id(5000), _id(5001, shared)]
+    for usable in ({_pack(number) for number in range(7)}, {_pack(1), _pack(9)}, set()):
+        assert index.held_flags(asked, usable) == [index.held_in(chunk_id, usable) for chunk_id in asked]
+    assert index.held_flags([stored[0]], {_pack(9)}) == [True]
+    assert index.held_flags([_id(5001, shared)], {_pack(0)}) == [False]
+
+
+def test_a_pack_listed_again_with_other_rows_keeps_every_row_and_names_the_disagreement() -> None:
+    first, second = _id(1), _id(2)
+    index = Index()
+    index.add_rows(encode_rows(_pack(1), 100, [_entry(first, 0)]))
+    index.add_rows(encode_rows(_pack(1), 200, [_entry(first, 0), _entry(second, 1)]))
+    assert second in index and first in index
+    assert len(index.all_locations(first)) == 1
+    assert any("size 200" in problem for problem in index.problems)
+    assert any("other rows" in problem for problem in index.problems)
+
+
+def test_a_half_read_walk_does_not_block_adding_rows() -> None:
+    index = Index()
+    index.add_pack(_pack(1), 100, [_entry(_id(number), number) for number in range(3)])
+    walk = index.every_location()
+    next(walk)
+    index.add_pack(_pack(2), 100, [_entry(_id(7), 0)])
+    assert _id(7) in index
+
+
+def test_rows_are_copied_unless_adopted() -> None:
+    rows = bytearray(encode_rows(_pack(1), 100, [_entry(_id(1), 0)]))
+    index = Index()
+    index.add_rows(rows)
+    index.add_pack(_pack(2), 100, [_entry(_id(2), 0)])
+    assert len(rows) == chunk_index.ROW.size
