@@ -29,17 +29,34 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from types import SimpleNamespace
 from typing import Any
 
 from .errors import AuthenticationFailed, ConfigError, CorruptData, WeakKeyDerivation, WrongPassphrase
 
-try:  # optional extra: unencrypted repositories work without it
-    from cryptography.exceptions import InvalidTag
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-except ImportError:  # pragma: no cover - exercised only without the extra
-    AESGCM = None  # type: ignore[assignment,misc]
+#: cryptography's primitives, once imported (see _primitives).
+_PRIMITIVES: SimpleNamespace | None = None
+
+
+def _primitives() -> SimpleNamespace:
+    """cryptography's AEAD, HKDF and exception, imported on first use.
+
+    An optional extra, and about a tenth of dbkeep's start-up time: commands on
+    unencrypted repositories never import it.
+    """
+    global _PRIMITIVES
+    if _PRIMITIVES is None:
+        try:
+            from cryptography.exceptions import InvalidTag
+            from cryptography.hazmat.primitives import hashes
+            from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+            from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+        except ImportError as error:  # pragma: no cover - exercised only without the extra
+            raise ConfigError(
+                "encrypted repositories need the cryptography package: install dbkeep with the encryption extra (pip install 'dbkeep[encryption]')"
+            ) from error
+        _PRIMITIVES = SimpleNamespace(InvalidTag=InvalidTag, hashes=hashes, AESGCM=AESGCM, HKDF=HKDF)
+    return _PRIMITIVES
 
 CIPHER = "aes-256-gcm"
 KDF = "scrypt"
@@ -66,8 +83,7 @@ _REPOSITORY_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 def require_cryptography() -> None:
-    if AESGCM is None:
-        raise ConfigError("encrypted repositories need the cryptography package: install dbkeep with the encryption extra (pip install 'dbkeep[encryption]')")
+    _primitives()
 
 
 # -- passphrases ------------------------------------------------------------------------
@@ -176,7 +192,7 @@ class MasterKeys:
         self.repository_id = repository_id
         self.key_id = key_id
         self._secret = secret
-        self._aead = AESGCM(_hkdf(secret, repository_id, b"dbkeep aes-256-gcm object key"))
+        self._aead = _primitives().AESGCM(_hkdf(secret, repository_id, b"dbkeep aes-256-gcm object key"))
         self._mac_key = _hkdf(secret, repository_id, b"dbkeep hmac-sha256 chunk id key")
 
     def chunk_id(self, data: bytes | memoryview) -> str:
@@ -195,7 +211,7 @@ class MasterKeys:
         sealed = bytes(sealed)
         try:
             return self._aead.decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], aad)
-        except InvalidTag:
+        except _primitives().InvalidTag:
             raise AuthenticationFailed(
                 f"{what} failed authentication: it was changed, swapped with another object, or does not belong to this repository"
             ) from None
@@ -214,7 +230,8 @@ class MasterKeys:
 
 
 def _hkdf(secret: bytes, repository_id: str, info: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=repository_id.encode(), info=info).derive(secret)
+    crypto = _primitives()
+    return crypto.HKDF(algorithm=crypto.hashes.SHA256(), length=32, salt=repository_id.encode(), info=info).derive(secret)
 
 
 def new_secret() -> bytes:
@@ -306,7 +323,7 @@ class KeyFile:
             wrapped=b"",
         )
         nonce = secrets.token_bytes(NONCE_BYTES)
-        wrapped = nonce + AESGCM(params.derive(passphrase)).encrypt(nonce, secret, unsealed._aad())
+        wrapped = nonce + _primitives().AESGCM(params.derive(passphrase)).encrypt(nonce, secret, unsealed._aad())
         key = cls(**{**{field: getattr(unsealed, field) for field in cls.__dataclass_fields__}, "wrapped": wrapped})
         with _cache_lock:
             _unwrapped[key._cache_key(passphrase)] = secret
@@ -325,8 +342,8 @@ class KeyFile:
         if len(self.wrapped) != NONCE_BYTES + SECRET_BYTES + TAG_BYTES:
             return None
         try:
-            secret = AESGCM(self.kdf.derive(passphrase)).decrypt(self.wrapped[:NONCE_BYTES], self.wrapped[NONCE_BYTES:], self._aad())
-        except InvalidTag:
+            secret = _primitives().AESGCM(self.kdf.derive(passphrase)).decrypt(self.wrapped[:NONCE_BYTES], self.wrapped[NONCE_BYTES:], self._aad())
+        except _primitives().InvalidTag:
             return None
         with _cache_lock:
             _unwrapped[cache_key] = secret
