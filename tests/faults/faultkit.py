@@ -379,18 +379,33 @@ def sidecars(path: Path) -> list[str]:
     return [f"{path}{suffix}" for suffix in ("-wal", "-journal") if Path(f"{path}{suffix}").exists()]
 
 
-def settled_sidecars(path: Path) -> list[str]:
+def settled_sidecars(path: Path, *, cold_journal_allowed: bool = False) -> list[str]:
     """Sidecars still beside a database after its next user opened and closed it.
 
     A read-write close checkpoints and removes the WAL and a rolled-back journal
     is deleted, so anything left is stale. (Read-only connections leave an empty
     ``-wal``/``-shm`` behind on purpose; they are not opened here.)
+
+    ``cold_journal_allowed``: a writer killed after creating its journal but
+    before syncing it leaves a journal that is empty or whose header is still
+    zero. The database file was not touched yet, so SQLite rightly treats such a
+    journal as not hot and leaves it for its next write transaction to reuse;
+    any SQLite application killed at that instant leaves the same file. After a
+    crash it is not stale; after a completed write it would be.
     """
     try:
         settle(path)
     except sqlite3.Error as error:
         return [f"{path} cannot be opened: {error}"]
-    return sidecars(path)
+    return [sidecar for sidecar in sidecars(path) if not (cold_journal_allowed and _is_cold_journal(Path(sidecar)))]
+
+
+def _is_cold_journal(path: Path) -> bool:
+    """An empty ``-journal``, or one whose header magic (first 8 bytes) is still zero."""
+    if not path.name.endswith("-journal"):
+        return False
+    with open(path, "rb") as handle:
+        return not any(handle.read(8))
 
 
 def open_repository(project: Project) -> Repository:
