@@ -84,6 +84,7 @@ def verify_repository(
         except CorruptData as error:
             report.problems.append(Problem(kind="corrupt-manifest", message=str(error), snapshot_id=snapshot_id))
     state = _State(present=present)
+    report.problems += _resized_packs(index.pack_sizes, present)
     if read_data:
         _check_packs(repository, present, report, state, pack_ids)
     state.good_packs = {pack_id for pack_id, size in index.pack_sizes.items() if present.get(pack_id) == size and pack_id not in state.bad_packs}
@@ -156,8 +157,7 @@ def _check_packs(repository: Repository, present: dict[str, int], report: Verify
             bad[pack_id] = f"pack {pack_id} is missing"
             continue
         if present[pack_id] != size:
-            bad[pack_id] = f"pack {pack_id} is {present[pack_id]} bytes, the index says {size}: it was truncated or replaced"
-            continue
+            continue  # reported by _resized_packs; its chunks are read one frame at a time
         try:
             data = repository.storage.get(pack_name(pack_id))
         except StorageError as error:
@@ -193,6 +193,21 @@ def _header_problem(repository: Repository, indexed: list[PackEntry], data: byte
     return None
 
 
+def _resized_packs(indexed: dict[str, int], present: dict[str, int]) -> list[Problem]:
+    """A problem for each pack whose size is not the indexed one.
+
+    Such a pack is not given up whole: a pack cut short inside its trailing
+    header still holds every frame, and each frame that is still there is read
+    and hash-checked like any other, so only chunks that are really gone make a
+    snapshot damaged (and restore, which reads the same frames, agrees).
+    """
+    return [
+        Problem(kind="bad-pack", message=f"pack {pack_id} is {present[pack_id]} bytes, the index says {size}: it was truncated or replaced", pack_id=pack_id)
+        for pack_id, size in sorted(indexed.items())
+        if pack_id in present and present[pack_id] != size
+    ]
+
+
 def _chunk_problem(repository: Repository, chunk_id: str, present: dict[str, int], bad_packs: dict[str, str]) -> str | None:
     """Why a chunk is not safely stored, or None if some copy of it is."""
     locations = repository.index().all_locations(chunk_id)
@@ -204,7 +219,9 @@ def _chunk_problem(repository: Repository, chunk_id: str, present: dict[str, int
         if location.pack_id not in present:
             reasons.append(f"its pack {location.pack_id} is missing")
         elif present[location.pack_id] != size:
-            reasons.append(f"its pack {location.pack_id} has the wrong size")
+            if location.entry.frame_offset + location.entry.frame_length <= present[location.pack_id]:
+                return None  # its frame is still there; reading it decides
+            reasons.append(f"its pack {location.pack_id} was cut short before this chunk")
         elif location.pack_id in bad_packs:
             reasons.append(bad_packs[location.pack_id])
         else:

@@ -79,7 +79,25 @@ def test_truncated_pack_is_found_by_structure_check_alone(two_snapshots):
     report = verify_backup(settings)
 
     assert report.affected_snapshots == [second.id]
-    assert any("wrong size" in problem.message for problem in report.problems)
+    assert any(problem.kind == "bad-pack" and problem.pack_id == pack.name and "truncated" in problem.message for problem in report.problems)
+    assert any("cut short before this chunk" in problem.message for problem in report.problems if problem.snapshot_id == second.id)
+
+
+@pytest.mark.parametrize("read_data", [False, True])
+def test_a_pack_cut_inside_its_trailing_header_loses_no_chunk(two_snapshots, tmp_path, read_data):
+    """Every frame lies before the header, so cutting the header off is damage to the
+    pack (named) but not to any snapshot: verify and restore agree that it is whole."""
+    settings, first, second, pack = two_snapshots
+    pack.write_bytes(pack.read_bytes()[:-20])  # the trailer and the end of the header
+
+    report = verify_backup(settings, read_data=read_data)
+
+    assert not report.ok
+    assert report.affected_snapshots == []
+    assert any(problem.kind == "bad-pack" and problem.pack_id == pack.name for problem in report.problems)
+    restore_backup(settings, second.id, target=tmp_path / "restored")
+    for entry in second.files:
+        assert hashlib.sha256((tmp_path / "restored" / entry.path).read_bytes()).hexdigest() == entry.sha256
 
 
 def test_deleted_pack_is_named_with_affected_snapshot_and_file(two_snapshots):

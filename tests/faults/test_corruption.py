@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,18 +92,21 @@ def mutate(repository: Path, rng: random.Random, target: str, kind: str, outside
     raise AssertionError(kind)
 
 
-def _needs(project: Project) -> dict[str, set[str]]:
-    """Snapshot id -> the packs holding the chunks it needs (from an intact repository)."""
+def _needs(project: Project) -> dict[str, dict[str, int]]:
+    """Snapshot id -> the packs holding the chunks it needs, each with the furthest
+    byte of it those chunks' frames reach (from an intact repository)."""
     repository = faultkit.open_repository(project)
     index = repository.index()
     needs = {}
     for snapshot_id in repository.snapshot_ids():
-        packs = set()
+        packs: dict[str, int] = {}
         for entry in repository.load_snapshot(snapshot_id).files:
             list_ids: set[str] = set()
             chunk_ids = list(repository.chunk_ids_of(entry.chunk_lists, levels=entry.chunk_list_levels, list_ids=list_ids))
-            chunk_ids = sorted(list_ids) + chunk_ids
-            packs.update(index.locations[chunk_id].pack_id for chunk_id in chunk_ids)
+            for chunk_id in sorted(list_ids) + chunk_ids:
+                location = index.locations[chunk_id]
+                end = location.entry.frame_offset + location.entry.frame_length
+                packs[location.pack_id] = max(packs.get(location.pack_id, 0), end)
         needs[snapshot_id] = packs
     return needs
 
@@ -117,7 +121,7 @@ def _index_packs(project: Project) -> dict[str, set[str]]:
     }
 
 
-def expected_damage(mutation: Mutation, needs: dict[str, set[str]], index_packs: dict[str, set[str]]) -> tuple[set[str] | None, bool]:
+def expected_damage(mutation: Mutation, needs: dict[str, dict[str, int]], index_packs: dict[str, set[str]]) -> tuple[set[str] | None, bool]:
     """(snapshots that must be reported exactly, or None if only a subset is known; detectable)."""
     if mutation.target == "config":
         return set(needs), True
@@ -129,9 +133,14 @@ def expected_damage(mutation: Mutation, needs: dict[str, set[str]], index_packs:
     if mutation.target == "pack":
         pack_id = Path(mutation.path).name
         users = {snapshot_id for snapshot_id, packs in needs.items() if pack_id in packs}
+        if mutation.kind == "truncate":
+            # Only frames past the cut are gone; one inside the trailing header loses no chunk.
+            cut = re.match(r"to (\d+) of", mutation.detail)
+            size = int(cut.group(1)) if cut else 0
+            return {snapshot_id for snapshot_id in users if needs[snapshot_id][pack_id] > size}, True
         return (users if mutation.kind in LOSING else None), True
     packs = index_packs[mutation.path]
-    return {snapshot_id for snapshot_id, needed in needs.items() if needed & packs}, True
+    return {snapshot_id for snapshot_id, needed in needs.items() if needed.keys() & packs}, True
 
 
 def _template(directory: Path) -> Project:
