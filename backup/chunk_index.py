@@ -35,7 +35,12 @@ _CHUNK_ID_AT = 40
 _MERGE_AT_LEAST = 32768
 _ROW_BITS = 32
 #: How many answers of ``first_location`` are kept (about 250 bytes each).
-_RECENT_LOOKUPS = 16384
+_KEPT_ANSWERS = 16384
+
+
+def _without_size(row: bytes) -> bytes:
+    """A row but for its pack size: what says where the chunk is."""
+    return row[:32] + row[40:]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -157,9 +162,9 @@ class Index:
             size = int.from_bytes(row[32:40], "little")
             if size != self.pack_sizes[pack_id]:
                 self.problems.append(f"pack {pack_id} is listed with size {size} and with size {self.pack_sizes[pack_id]} by two index files: one of them is damaged")
-            entry = row[:32] + row[40:]  # the row but for the pack size, reported above
-            if any(self._rows[held * ROW.size : held * ROW.size + 32] + self._rows[held * ROW.size + 40 : (held + 1) * ROW.size] == entry for held in self._rows_of(row[_CHUNK_ID_AT : _CHUNK_ID_AT + 32].hex())):
-                continue
+            held_rows = (bytes(self._rows[held * ROW.size : (held + 1) * ROW.size]) for held in self._rows_of(row[_CHUNK_ID_AT : _CHUNK_ID_AT + 32].hex()))
+            if any(_without_size(held) == _without_size(row) for held in held_rows):
+                continue  # the same entry (a size disagreement is reported above)
             self.problems.append(f"pack {pack_id} is listed with other rows by two index files: one of them is damaged")
             kept += row
         return bytes(kept)
@@ -189,8 +194,9 @@ class Index:
         else:
             merged = new
         mask = (1 << _ROW_BITS) - 1
-        self._keys = array("Q", [value >> _ROW_BITS for value in merged])
-        self._order = array("I", [value & mask for value in merged])
+        # From generators, not lists: a list of ints would cost another 44 bytes a row at the peak.
+        self._keys = array("Q", (value >> _ROW_BITS for value in merged))
+        self._order = array("I", (value & mask for value in merged))
         self._recent = {}
 
     # -- looking up -----------------------------------------------------------------
@@ -221,22 +227,25 @@ class Index:
             found.sort()
         return found
 
-    def _location(self, row: int, chunk_id: str) -> ChunkLocation:
-        raw_pack_id, _size, _raw_id, frame_offset, frame_length, offset_in_frame, length, compression = ROW.unpack_from(self._rows, row * ROW.size)
-        return ChunkLocation(
-            pack_id=self._pack_hex[raw_pack_id],
-            entry=PackEntry(
-                chunk_id=chunk_id,
-                frame_offset=frame_offset,
-                frame_length=frame_length,
-                offset_in_frame=offset_in_frame,
-                length=length,
-                compression=compression,
-            ),
+    def _entry(self, row: int, chunk_id: str | None = None) -> tuple[str, PackEntry]:
+        """(pack id, entry) of a row; ``chunk_id`` saves decoding the id when the caller has it."""
+        raw_pack_id, _size, raw_id, frame_offset, frame_length, offset_in_frame, length, compression = ROW.unpack_from(self._rows, row * ROW.size)
+        entry = PackEntry(
+            chunk_id=chunk_id or raw_id.hex(),
+            frame_offset=frame_offset,
+            frame_length=frame_length,
+            offset_in_frame=offset_in_frame,
+            length=length,
+            compression=compression,
         )
+        return self._pack_hex[raw_pack_id], entry
+
+    def _location(self, row: int, chunk_id: str | None = None) -> ChunkLocation:
+        pack_id, entry = self._entry(row, chunk_id)
+        return ChunkLocation(pack_id=pack_id, entry=entry)
 
     def first_location(self, chunk_id: str) -> ChunkLocation | None:
-        """The chunk's first location; the last _RECENT_LOOKUPS answers are kept.
+        """The chunk's first location; the last _KEPT_ANSWERS answers are kept.
 
         Verify and restore read the versions of a file side by side, so one chunk
         is usually asked for again a few thousand lookups later.
@@ -248,7 +257,7 @@ class Index:
             if not rows:
                 return None
             location = self._location(rows[0], chunk_id)
-            if len(cache) >= _RECENT_LOOKUPS:
+            if len(cache) >= _KEPT_ANSWERS:
                 cache.clear()
             cache[chunk_id] = location
         return location
@@ -275,41 +284,8 @@ class Index:
         return any(pack_id in packs for pack_id in self.packs_holding(chunk_id))
 
     def held_flags(self, chunk_ids: Sequence[str], packs: set[str]) -> list[bool]:
-        """``held_in`` for many chunks at once: one loop, no call per chunk.
-
-        A backup asks this for every 4 KiB chunk of a database (262,144 per GiB),
-        so the per-chunk cost is the cost of the backup of an unchanged region.
-        """
-        keys, order, recent = self._keys, self._order, self._recent
-        # Packs are told apart by their ids' first 8 bytes; should two known packs
-        # share them, the exact question is asked instead.
-        usable = {int.from_bytes(raw[:8], "little") for raw, pack_id in self._pack_hex.items() if pack_id in packs}
-        if len({int.from_bytes(raw[:8], "little") for raw in self._pack_hex}) != len(self._pack_hex):
-            return [self.held_in(chunk_id, packs) for chunk_id in chunk_ids]
-        from_bytes = int.from_bytes
-        bisect_left = bisect.bisect_left
-        size = ROW.size
-        end = len(keys)
-        flags: list[bool] = []
-        # A read-only view: its slices are neither copied nor unhashable.
-        with memoryview(self._rows).toreadonly() as rows:
-            for chunk_id in chunk_ids:
-                prefix = int(chunk_id[:16], 16)
-                position = bisect_left(keys, prefix)
-                found = False
-                if position < end and keys[position] == prefix:
-                    raw = bytes.fromhex(chunk_id)
-                    while position < end and keys[position] == prefix:
-                        start = order[position] * size
-                        if rows[start + _CHUNK_ID_AT : start + _CHUNK_ID_AT + 32] == raw and from_bytes(rows[start : start + 8], "little") in usable:
-                            found = True
-                            break
-                        position += 1
-                flags.append(found)
-        for number, chunk_id in enumerate(chunk_ids):
-            if not flags[number] and int(chunk_id[:16], 16) in recent:
-                flags[number] = any(pack_id in packs for pack_id in self.packs_holding(chunk_id))
-        return flags
+        """``held_in`` for each of a batch of chunks (a writer asks per batch)."""
+        return [self.held_in(chunk_id, packs) for chunk_id in chunk_ids]
 
     def packs_holding(self, chunk_id: str) -> list[str]:
         """The ids of the packs holding the chunk, without building its locations."""
@@ -345,22 +321,8 @@ class Index:
 
     def every_location(self) -> Iterator[ChunkLocation]:
         """Every stored copy of every chunk, in the order the rows were added."""
-        pack_hex = self._pack_hex
-        # unpack_from, not iter_unpack: a generator left half-consumed must not
-        # hold an export of the rows, which would make the next add_rows fail.
-        for start in range(0, self._count * ROW.size, ROW.size):
-            raw_pack_id, _size, raw_id, frame_offset, frame_length, offset_in_frame, length, compression = ROW.unpack_from(self._rows, start)
-            yield ChunkLocation(
-                pack_id=pack_hex[raw_pack_id],
-                entry=PackEntry(
-                    chunk_id=raw_id.hex(),
-                    frame_offset=frame_offset,
-                    frame_length=frame_length,
-                    offset_in_frame=offset_in_frame,
-                    length=length,
-                    compression=compression,
-                ),
-            )
+        for row in range(self._count):
+            yield self._location(row)
 
     def row_ranges(self) -> tuple[dict[str, list[range]], dict[tuple[str, int], list[range]]]:
         """The rows of each pack and of each (pack, frame offset), as runs of row numbers.
@@ -390,21 +352,7 @@ class Index:
 
     def entries_in(self, runs: Iterable[range]) -> list[PackEntry]:
         """The entries of the rows in ``runs`` (from ``row_ranges``), in row order."""
-        entries: list[PackEntry] = []
-        with memoryview(self._rows) as rows:
-            for run in runs:
-                for _pack, _size, raw_id, frame_offset, frame_length, offset_in_frame, length, compression in ROW.iter_unpack(rows[run.start * ROW.size : run.stop * ROW.size]):
-                    entries.append(
-                        PackEntry(
-                            chunk_id=raw_id.hex(),
-                            frame_offset=frame_offset,
-                            frame_length=frame_length,
-                            offset_in_frame=offset_in_frame,
-                            length=length,
-                            compression=compression,
-                        )
-                    )
-        return entries
+        return [self._entry(row)[1] for run in runs for row in run]
 
     @property
     def duplicates(self) -> dict[str, list[ChunkLocation]]:

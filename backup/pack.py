@@ -155,7 +155,7 @@ def compress_frame(chunks: Sequence[tuple[str, bytes]], compressor: zstandard.Zs
     if compressor is not None:
         compressed = compressor.compress(raw)
         if len(compressed) < len(raw):
-            return Frame(data=compressed, compression=COMPRESSION_ZSTD, chunks=tuple(placed))
+return Frame(data=compressed, compression=COMPRESSION_ZSTD, chunks=tuple(placed))
     return Frame(data=raw, compression=COMPRESSION_NONE, chunks=tuple(placed))
 
 
@@ -197,9 +197,9 @@ def encode_entries(frames: Sequence[tuple[int, Frame]]) -> bytes:
     return bytes(entries)
 
 
-def encode_header(frames: Sequence[tuple[int, Frame]]) -> bytes:
-    """The compressed header and trailer (version 2) for frames placed at the given pack offsets."""
-    compressed = zstandard.ZstdCompressor(level=HEADER_COMPRESSION_LEVEL, write_content_size=True).compress(encode_entries(frames))
+def encode_header(entries: bytes) -> bytes:
+    """The compressed header and trailer (version 2) of a pack's ``encode_entries``."""
+    compressed = zstandard.ZstdCompressor(level=HEADER_COMPRESSION_LEVEL, write_content_size=True).compress(entries)
     return compressed + TRAILER.pack(len(compressed), MAGIC_COMPRESSED)
 
 
@@ -242,14 +242,14 @@ def parse_header(header: bytes, frames_end: int, pack_name: str) -> list[PackEnt
     return entries
 
 
-def encode_sealed_header(frames: Sequence[tuple[int, Frame]], seal: Callable[[bytes], bytes]) -> bytes:
+def encode_sealed_header(entries: bytes, seal: Callable[[bytes], bytes]) -> bytes:
     """Header for an encrypted repository: the entries sealed, then the sealed length and magic.
 
-    ``sealed_header || "<I8s"(len(sealed_header), b"DBKPACKE")``; the entries are
-    the same 53-byte entries as in a plain pack, frame offsets and lengths
-    counting the sealed frames.
+    ``sealed_header || "<I8s"(len(sealed_header), b"DBKPACKE")``; ``entries``
+    (``encode_entries``) are the same 53-byte entries as in a plain pack, frame
+    offsets and lengths counting the sealed frames.
     """
-    sealed = seal(encode_entries(frames))
+    sealed = seal(entries)
     return sealed + TRAILER.pack(len(sealed), MAGIC_SEALED)
 
 

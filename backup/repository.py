@@ -212,9 +212,8 @@ def decode_index(data: bytes, name: str, *, verify_name: bool = True) -> dict[st
     """
     rows = decode_index_rows(data, name, verify_name=verify_name)
     result: dict[str, tuple[int, list[PackEntry]]] = {}
-    for raw_pack_id, size, raw_chunk_id, frame_offset, frame_length, offset_in_frame, length, compression in INDEX_ROW.iter_unpack(rows):
-        entry = PackEntry(chunk_id=raw_chunk_id.hex(), frame_offset=frame_offset, frame_length=frame_length, offset_in_frame=offset_in_frame, length=length, compression=compression)
-        result.setdefault(raw_pack_id.hex(), (size, []))[1].append(entry)
+    for raw_pack_id, size, *fields in INDEX_ROW.iter_unpack(rows):
+        result.setdefault(raw_pack_id.hex(), (size, []))[1].append(PackEntry.from_fields(*fields))
     return result
 
 
@@ -451,11 +450,12 @@ class Repository:
         assert self.keys is not None
         return self.keys.seal(data, self._aad("frame"))
 
-    def pack_header(self, frames: list[tuple[int, Frame]]) -> bytes:
+    def pack_header(self, entries: bytes) -> bytes:
+        """The header and trailer of a pack whose frames ``packformat.encode_entries`` described."""
         if self.keys is None:
-            return packformat.encode_header(frames)
+            return packformat.encode_header(entries)
         keys = self.keys
-        return packformat.encode_sealed_header(frames, lambda entries: keys.seal(entries, self._aad("pack-header")))
+        return packformat.encode_sealed_header(entries, lambda plain: keys.seal(plain, self._aad("pack-header")))
 
     def parse_pack(self, data: bytes, pack_id: str) -> list[PackEntry]:
         """The entries of a whole pack held in memory (verify, index rebuild)."""
@@ -707,21 +707,22 @@ class Repository:
         frame and batch instead of one per chunk. A chunk the batch could not read
         intact is read again on its own, which tries every copy and names the damage.
         """
-        batch: list[str] = []
+        batch: dict[str, ChunkLocation | None] = {}  # in order; a repeated chunk is looked up once
+        order: list[str] = []
         batch_bytes = 0
         for chunk_id in chunk_ids:
-            batch.append(chunk_id)
-            location = self.index().locations.get(chunk_id)
-            batch_bytes += location.entry.length if location is not None else 0
-            if batch_bytes >= READ_BATCH_BYTES or len(batch) >= READ_BATCH_CHUNKS:
-                yield from self._read_batch(batch)
-                batch, batch_bytes = [], 0
-        yield from self._read_batch(batch)
+            order.append(chunk_id)
+            if chunk_id not in batch:
+                location = batch[chunk_id] = self.index().locations.get(chunk_id)
+                batch_bytes += location.entry.length if location is not None else 0
+            if batch_bytes >= READ_BATCH_BYTES or len(order) >= READ_BATCH_CHUNKS:
+                yield from self._read_batch(order, batch)
+                batch, order, batch_bytes = {}, [], 0
+        yield from self._read_batch(order, batch)
 
-    def _read_batch(self, chunk_ids: list[str]) -> Iterator[bytes]:
+    def _read_batch(self, chunk_ids: list[str], located: dict[str, ChunkLocation | None]) -> Iterator[bytes]:
         frames: dict[tuple[str, int], list[ChunkLocation]] = {}
-        for chunk_id in dict.fromkeys(chunk_ids):
-            location = self.index().locations.get(chunk_id)
+        for location in located.values():
             if location is not None:
                 frames.setdefault((location.pack_id, location.entry.frame_offset), []).append(location)
         found: dict[str, bytes] = {}
@@ -1051,14 +1052,15 @@ class ChunkWriter:
     def _write_pack(self) -> None:
         if not self._frames:
             return
-        header = self.repository.pack_header(self._frames)
+        entries = packformat.encode_entries(self._frames)  # for the header and the index rows
+        header = self.repository.pack_header(entries)
         pieces = [frame.data for _, frame in self._frames] + [header]
         digest = hashlib.sha256()
         for piece in pieces:
             digest.update(piece)
         pack_id = digest.hexdigest()
         size = self.repository.put_content_addressed(pack_name(pack_id), pieces, pack_id)
-        rows = _frame_rows(pack_id, size, self._frames)
+        rows = _index_rows(pack_id, size, entries)
         if self._keep_entries:
             self.packs_written[pack_id] = (size, packformat.header_entries(self._frames))
         added = self.index.add_rows(rows)
@@ -1094,14 +1096,11 @@ class ChunkWriter:
             self._executor = None
 
 
-def _frame_rows(pack_id: str, size: int, frames: Sequence[tuple[int, Frame]]) -> bytes:
-    """The index rows of a pack's frames placed at their offsets, in pack order."""
-    raw_pack_id = bytes.fromhex(pack_id)
-    return b"".join(
-        INDEX_ROW.pack(raw_pack_id, size, bytes.fromhex(chunk_id), frame_offset, len(frame.data), offset_in_frame, length, frame.compression)
-        for frame_offset, frame in frames
-        for chunk_id, offset_in_frame, length in frame.chunks
-    )
+def _index_rows(pack_id: str, size: int, entries: bytes) -> bytes:
+    """The index rows of a pack: each of its header entries behind the pack's id and size."""
+    prefix = bytes.fromhex(pack_id) + size.to_bytes(8, "little")
+    step = packformat.ENTRY.size
+    return b"".join(prefix + entries[start : start + step] for start in range(0, len(entries), step))
 
 
 def _frames_fit_cache(runs: list[list]) -> bool:

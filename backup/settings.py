@@ -152,13 +152,12 @@ def _databases(value: Any) -> tuple[DatabaseConfig, ...]:
     return tuple(parsed)
 
 
-def _boolean(value: Any) -> bool:
+def parse_boolean(value: Any) -> bool:
+    """A yes/no setting: a boolean, or true/yes/1 and false/no/0 in any case (from the environment)."""
     if isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "yes", "1", "on"):
-        return True
-    if isinstance(value, str) and value.strip().lower() in ("false", "no", "0", "off"):
-        return False
+    if isinstance(value, str) and value.lower() in {"true", "yes", "1", "false", "no", "0"}:
+        return value.lower() in {"true", "yes", "1"}
     raise ValueError("true or false")
 
 
@@ -182,7 +181,7 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "lock_wait": _non_negative_float,
     "databases": _databases,
     "encryption": _encryption,
-    "reuse_unchanged": _boolean,
+    "reuse_unchanged": parse_boolean,
 }
 
 

@@ -30,6 +30,7 @@ from typing import Any
 from backup.errors import ConfigError
 from backup.prune import PruneOptions
 from backup.retention import RetentionPolicy
+from backup.settings import parse_boolean
 from backup.settings import EXTERNAL_SECTIONS, Settings, config_defaults, settings_from_mapping, to_plain
 
 EVENTS = ("start", "success", "failure")
@@ -162,14 +163,6 @@ def _text(value: Any) -> str:
     return value
 
 
-def _boolean(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in {"true", "yes", "1", "false", "no", "0"}:
-        return value.lower() in {"true", "yes", "1"}
-    raise ValueError("true or false")
-
-
 def _strings(value: Any) -> tuple[str, ...]:
     items = [item.strip() for item in value.split(",")] if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)) or not items or not all(isinstance(item, str) and item for item in items):
@@ -207,7 +200,7 @@ _MAINTENANCE: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "stale_lock_after_minutes": ("stale_lock_after", _span("minutes")),
     "log_tail_lines": ("log_tail_lines", _positive_int),
     "offsite": ("offsite", _location),
-    "offsite_encrypt": ("offsite_encrypt", _boolean),
+    "offsite_encrypt": ("offsite_encrypt", parse_boolean),
 }
 
 _NOTIFY: dict[str, tuple[str, Callable[[Any], Any]]] = {
@@ -223,7 +216,7 @@ _EMAIL: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "port": ("port", _positive_int),
     "sender": ("sender", _text),
     "to": ("to", _strings),
-    "starttls": ("starttls", _boolean),
+    "starttls": ("starttls", parse_boolean),
     "username": ("username", _text),
     "password_env": ("password_env", _text),
     "on": ("on", _events),

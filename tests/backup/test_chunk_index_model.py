@@ -123,7 +123,7 @@ operations = st.lists(
 def test_the_index_matches_a_plain_dict_model(contents: list[list[int]], steps: list[tuple], merge_at: int, cache: int) -> None:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(chunk_index, "_MERGE_AT_LEAST", merge_at)
-        patch.setattr(chunk_index, "_RECENT_LOOKUPS", cache)
+        patch.setattr(chunk_index, "_KEPT_ANSWERS", cache)
         index, model = Index(), Model()
         probe_packs = [set(PACKS[:3]), set(PACKS[3:]), {PACKS[0]}, set()]
         for step in steps:

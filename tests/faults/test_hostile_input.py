@@ -384,7 +384,7 @@ def _bomb_pack(project: faultkit.Project) -> None:
     bomb = decompression_bomb()
     entry = packformat.PackEntry(chunk_id=chunk_id, frame_offset=0, frame_length=len(bomb), offset_in_frame=0, length=4096, compression=packformat.COMPRESSION_ZSTD)
     frame = packformat.Frame(data=bomb, compression=packformat.COMPRESSION_ZSTD, chunks=((chunk_id, 0, 4096),))
-    data = bomb + packformat.encode_header([(0, frame)])
+    data = bomb + packformat.encode_header(packformat.encode_entries([(0, frame)]))
     pack_id = hashlib.sha256(data).hexdigest()
     (project.repository / pack_name(pack_id)).parent.mkdir(exist_ok=True)
     (project.repository / pack_name(pack_id)).write_bytes(data)
