@@ -199,6 +199,10 @@ class MasterKeys:
         """HMAC-SHA256 of the plaintext: equal chunks dedupe, yet ids reveal no content hash."""
         return hmac.new(self._mac_key, data, hashlib.sha256).hexdigest()
 
+    def chunk_digest(self, data: bytes | memoryview) -> bytes:
+        """``chunk_id`` as the raw 32 bytes the index rows and chunk lists hold."""
+        return hmac.new(self._mac_key, data, hashlib.sha256).digest()
+
     def seal(self, plaintext: bytes, aad: bytes) -> bytes:
         """``nonce(12) || ciphertext || tag(16)`` with a fresh random nonce."""
         nonce = secrets.token_bytes(NONCE_BYTES)

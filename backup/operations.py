@@ -299,7 +299,7 @@ def _reuse_unchanged(repository: Repository, writer, item: SelectedFile, stamp: 
         chunk_ids = list(repository.chunk_ids_of(previous.chunk_lists, levels=previous.chunk_list_levels, list_ids=list_ids))
     except CorruptData:
         return None
-    if len(chunk_ids) != previous.chunk_count or not all(writer.stored_flags([*list_ids, *chunk_ids])):
+    if len(chunk_ids) != previous.chunk_count or not all(writer.stored_flags(bytes.fromhex(chunk_id) for chunk_id in (*list_ids, *chunk_ids))):
         return None
     stats.reused_chunks += len(chunk_ids)
     stats.logical_bytes += previous.size
@@ -429,10 +429,10 @@ def _store_stream(
     batches = _batched(chunker(hashed(pieces))) if chunker else _fixed_chunks(hashed(pieces), chunk_size)
     for batch in batches:
         ids, new_chunks, new_bytes = writer.add_chunks(batch)
-        chunk_ids += bytes.fromhex("".join(ids))
+        chunk_ids += ids
         stats.new_chunks += new_chunks
         stats.new_bytes += new_bytes
-        stats.reused_chunks += len(ids) - new_chunks
+        stats.reused_chunks += len(batch) - new_chunks
         progress.advance(sum(len(chunk) for chunk in batch))
     stats.logical_bytes += counted.logical_bytes
     return counted.logical_bytes, whole.hexdigest(), chunk_ids

@@ -346,3 +346,8 @@ def decompress_header(compressed: bytes, pack_name: str) -> bytes:
 
 def chunk_id_of(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def chunk_digest_of(data: bytes | memoryview) -> bytes:
+    """``chunk_id_of`` as the raw 32 bytes the index rows and chunk lists hold."""
+    return hashlib.sha256(data).digest()

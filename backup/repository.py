@@ -892,6 +892,7 @@ class ChunkWriter:
         present = {info.name.rsplit("/", 1)[-1]: info.size for info in repository.storage.list("packs")}
         self._usable_packs = {pack_id for pack_id, size in self.index.pack_sizes.items() if present.get(pack_id) == size}
         self._usable_packs -= set(ignore_packs)
+        self._usable_raw = {bytes.fromhex(pack_id) for pack_id in self._usable_packs}
         #: Every pack this writer published, with its entries, when ``keep_entries``
         #: (prune's repack needs them; a backup does not keep an object per chunk).
         self.packs_written: dict[str, tuple[int, list[PackEntry]]] = {}
@@ -957,33 +958,33 @@ class ChunkWriter:
             self.close_frame()
         return True
 
-    def add_chunks(self, chunks: list[bytes] | list[memoryview]) -> tuple[list[str], int, int]:
-        """Store a batch of chunks in order; returns (their ids, how many were new, their bytes).
+    def add_chunks(self, chunks: list[bytes] | list[memoryview]) -> tuple[bytes, int, int]:
+        """Store a batch of chunks in order; returns (their raw 32-byte ids joined, how many were new, their bytes).
 
-        The batch form keeps the per-chunk work to a hash and a dictionary lookup,
-        which is what a 4 KiB chunk size can afford.
+        The batch form keeps the per-chunk work to a hash and a lookup, which is
+        what a 4 KiB chunk size can afford: ids stay raw digests, and only a new
+        chunk's id is spelled in hex.
         """
         keyed = self.repository.keys
-        hash_of = keyed.chunk_id if keyed is not None else packformat.chunk_id_of
-        ids = [hash_of(chunk) for chunk in chunks]
-        stored = self.stored_flags(ids)
+        digest_of = keyed.chunk_digest if keyed is not None else packformat.chunk_digest_of
+        digests = [digest_of(chunk) for chunk in chunks]
         new_chunks = new_bytes = 0
-        for chunk_id, chunk, known in zip(ids, chunks, stored):
+        for digest, chunk, known in zip(digests, chunks, self.stored_flags(digests)):
             if known:
                 self._run_broken = True
-            elif self.add(chunk_id, chunk):  # asks again: an earlier chunk of the batch may be this one
+            elif self.add(digest.hex(), chunk):  # asks again: an earlier chunk of the batch may be this one
                 new_chunks += 1
                 new_bytes += len(chunk)
-        return ids, new_chunks, new_bytes
+        return b"".join(digests), new_chunks, new_bytes
 
-    def stored_flags(self, chunk_ids: Sequence[str]) -> list[bool]:
-        """For each chunk: is it stored in a usable pack already? (``has`` for many, without the pending ones.)
+    def stored_flags(self, raw_ids: Iterable[bytes]) -> list[bool]:
+        """For each raw chunk id: is it stored in a usable pack already? (``has`` for many, without the pending ones.)
 
         False can be out of date by the time a chunk is added (an earlier chunk of
         the same batch may be it), so False is checked again through ``add``;
         True stays true (packs are not removed while a writer runs).
         """
-        return self.index.held_flags(chunk_ids, self._usable_packs)
+        return self.index.held_flags(raw_ids, self._usable_raw)
 
     def add_chunk_tree(self, chunk_ids: Sequence[str] | bytes | bytearray) -> tuple[list[str], int]:
         """Store a file's chunk ids as a chunk list tree; returns (the manifest's list ids, levels).
@@ -1067,6 +1068,7 @@ class ChunkWriter:
         # The index holds the rows now; refer to them there rather than keep a copy.
         self._written[pack_id] = added if len(added) * INDEX_ROW.size == len(rows) else rows
         self._usable_packs.add(pack_id)
+        self._usable_raw.add(bytes.fromhex(pack_id))
         # Indexed now: the pending set only needs the chunks not yet in a pack.
         for _, frame in self._frames:
             self._pending_ids.difference_update(chunk_id for chunk_id, _, _ in frame.chunks)

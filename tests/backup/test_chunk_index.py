@@ -112,10 +112,15 @@ def test_held_flags_answer_as_held_in_does_for_sorted_and_recent_rows_and_unusab
     index.add_pack(_pack(9), 1000, [_entry(stored[0], 0), _entry(_id(999), 1)])  # a second copy, and rows left recent
     assert index._recent, "some rows must still wait unsorted for this test to mean anything"
     asked = stored + [_id(999), _id(5000), _id(5001, shared)]
+
+    def raw_flags(chunk_ids: list[str], packs: set[str]) -> list[bool]:
+        return index.held_flags([bytes.fromhex(chunk_id) for chunk_id in chunk_ids], {bytes.fromhex(pack) for pack in packs})
+
     for usable in ({_pack(number) for number in range(7)}, {_pack(1), _pack(9)}, set()):
-        assert index.held_flags(asked, usable) == [index.held_in(chunk_id, usable) for chunk_id in asked]
-    assert index.held_flags([stored[0]], {_pack(9)}) == [True]
-    assert index.held_flags([_id(5001, shared)], {_pack(0)}) == [False]
+        assert raw_flags(asked, usable) == [index.held_in(chunk_id, usable) for chunk_id in asked]
+    assert raw_flags([stored[0]], {_pack(9)}) == [True]
+    assert raw_flags([_id(5001, shared)], {_pack(0)}) == [False]
+    assert raw_flags([_id(999)], {_pack(9)}) == [True], "a row still waiting unsorted is found"
 
 
 def test_a_pack_listed_again_with_other_rows_keeps_every_row_and_names_the_disagreement() -> None:

@@ -87,6 +87,10 @@ def _check(index: Index, model: Model, probe_packs: list[set[str]]) -> None:
         assert index.locations.get(chunk_id) == (expected[0] if expected else None)
         for packs in probe_packs:
             assert index.held_in(chunk_id, packs) == any(location.pack_id in packs for location in expected), (chunk_id, packs)
+    raw_ids = [bytes.fromhex(chunk_id) for chunk_id in CHUNKS]
+    for packs in probe_packs:
+        expected_flags = [any(location.pack_id in packs for location in model.locations(chunk_id)) for chunk_id in CHUNKS]
+        assert index.held_flags(raw_ids, {bytes.fromhex(pack_id) for pack_id in packs}) == expected_flags, packs
 
 
 def _check_walks(index: Index, model: Model) -> None:
@@ -155,8 +159,7 @@ def test_the_index_matches_a_plain_dict_model(contents: list[list[int]], steps: 
 def _writer_rounds(tmp_path, seed: int, passphrase: str | None = None) -> None:
     import random
 
-    from backup import repository as repo_module
-    from backup.repository import Repository, pack_name
+    from backup.repository import Repository
     from backup.storage import LocalStorage
 
     rng = random.Random(seed)
