@@ -179,25 +179,40 @@ class Index:
     def _sort(self) -> None:
         """Sort every row added since the last sort into the arrays.
 
-        The rows sorted before are already in order and the new ones are sorted
-        first, so the final sort only merges two runs (timsort finds them).
+        The new rows are sorted alone, then inserted into the sorted arrays by
+        bisection, copying the runs between them slice by slice. Building one list
+        of every row instead (and sorting it) cost 44 bytes a row at the peak: 11 MiB
+        at the last merge of a 1 GiB database's first backup, its highest point.
+        Equal prefixes stay in row order, as the rows sorted before are older.
         """
         done = len(self._keys)
         if done == self._count:
             return
+        self._recent = {}  # rebuilt from the rows below; free it before the peak
         with memoryview(self._rows) as rows:
             new = sorted((prefix << _ROW_BITS) | row for row, (prefix,) in enumerate(_PREFIX.iter_unpack(rows[done * ROW.size :]), done))
-        if done:
-            merged = [(key << _ROW_BITS) | row for key, row in zip(self._keys, self._order)]
-            merged += new
-            merged.sort()
-        else:
-            merged = new
         mask = (1 << _ROW_BITS) - 1
-        # From generators, not lists: a list of ints would cost another 44 bytes a row at the peak.
-        self._keys = array("Q", (value >> _ROW_BITS for value in merged))
-        self._order = array("I", (value & mask for value in merged))
-        self._recent = {}
+        if not done:
+            # From generators, not lists: a list of ints would cost another 44 bytes a row.
+            self._keys = array("Q", (value >> _ROW_BITS for value in new))
+            self._order = array("I", (value & mask for value in new))
+            return
+        keys, order = self._keys, self._order
+        merged_keys, merged_order = array("Q"), array("I")
+        taken = 0
+        after = bisect.bisect_right
+        for value in new:
+            key = value >> _ROW_BITS
+            position = after(keys, key, taken)
+            if position > taken:
+                merged_keys += keys[taken:position]
+                merged_order += order[taken:position]
+                taken = position
+            merged_keys.append(key)
+            merged_order.append(value & mask)
+        merged_keys += keys[taken:]
+        merged_order += order[taken:]
+        self._keys, self._order = merged_keys, merged_order
 
     # -- looking up -----------------------------------------------------------------
 

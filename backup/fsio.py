@@ -195,41 +195,99 @@ def write_file_atomically(path: Path, pieces: Iterable[bytes], *, exclusive: boo
 
     Temp file in the same directory (0600), write, fsync, close, then rename (or
     link, when ``exclusive`` and the name must not already exist), then fsync the
-    directory. On any error the temp file is removed and nothing is published:
-    after a failed fsync the data is never published (a retried fsync can report
-    success for pages the kernel already dropped), and an ``exclusive`` name that
-    was linked but whose directory fsync (or temp removal) failed is taken back,
-    so a caller that sees the error never leaves a published file behind. (A
-    ``replace`` cannot be taken back: the old content is gone.) Returns the bytes
-    written. Raises FileExistsError when ``exclusive`` and ``path`` exists.
+    directory (StagedFile). On any error the temp file is removed and nothing is
+    published. Returns the bytes written. Raises FileExistsError when
+    ``exclusive`` and ``path`` exists.
     """
-    directory = path.parent
-    descriptor, temp_path = create_temp(directory)
-    size = 0
-    linked = False
+    staged = StagedFile(path.parent)
     try:
+        for piece in pieces:
+            staged.write(piece)
+        return staged.publish(path, exclusive=exclusive)
+    finally:
+        staged.discard()
+
+
+class StagedFile:
+    """A file written piece by piece under a private temp name, then published whole.
+
+    A pack is written frame by frame as its frames are compressed, so its bytes
+    need not be held in memory until its name (their hash) is known. The temp
+    file may sit in another directory of the same file system than the name it
+    is published under.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self._descriptor: int | None
+        self._temp: Path | None
+        self._descriptor, self._temp = create_temp(directory)
+        self.size = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        if self._descriptor is None:
+            raise ValueError("the staged file is closed")
+        write(self._descriptor, data)
+        self.size += len(data)
+
+    def publish(self, path: Path, *, exclusive: bool = False) -> int:
+        """fsync and close the file, then link (``exclusive``) or rename it to ``path``, then fsync that directory.
+
+        After a failed fsync the data is never published (a retried fsync can
+        report success for pages the kernel already dropped), and an
+        ``exclusive`` name that was linked but whose directory fsync (or temp
+        removal) failed is taken back, so a caller that sees the error never
+        leaves a published file behind. (A rename cannot be taken back: the old
+        content is gone.) On any error but one the staged file is removed; on
+        FileExistsError (``exclusive`` and ``path`` exists) it is kept, synced,
+        for the caller to publish without ``exclusive`` or to discard.
+        Returns the bytes written.
+        """
+        if self._temp is None:
+            raise ValueError("the staged file was published or discarded already")
+        linked = False
         try:
-            for piece in pieces:
-                write(descriptor, piece)
-                size += len(piece)
-            fsync(descriptor)
-        finally:
-            close(descriptor)
-        if exclusive:
-            link(temp_path, path)
-            linked = True
-            unlink(temp_path)
-        else:
-            replace(temp_path, path)
-        fsync_dir(directory)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp_path)
-        if linked:
+            if self._descriptor is not None:
+                descriptor, self._descriptor = self._descriptor, None
+                try:
+                    fsync(descriptor)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.close(descriptor)
+                    raise
+                close(descriptor)
+            if exclusive:
+                link(self._temp, path)
+                linked = True
+                unlink(self._temp)
+            else:
+                replace(self._temp, path)
+            self._temp = None
+            fsync_dir(path.parent)
+        except FileExistsError:
+            if linked:  # not from the link: take it back like any other failure
+                self._take_back(path)
+            raise
+        except BaseException:
+            self._take_back(path if linked else None)
+            raise
+        return self.size
+
+    def _take_back(self, published: Path | None) -> None:
+        self.discard()
+        if published is not None:
             with contextlib.suppress(OSError):
-                os.unlink(path)
-        raise
-    return size
+                os.unlink(published)
+
+    def discard(self) -> None:
+        """Close and remove the file unless it was published; safe to call again."""
+        if self._descriptor is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._descriptor)
+            self._descriptor = None
+        if self._temp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._temp)
+            self._temp = None
 
 
 def remove_stale_temps(directory: Path) -> int:

@@ -204,21 +204,21 @@ def _create_locked(
     except OSError as error:
         raise describe_os_error("create", scratch, error) from error
     repository.remove_stale_temps()
-    writer = repository.writer()
-    writer.set_compression_level(settings.compression_level)
-    entries: list[FileEntry] = []
-    stats = _Counter()
-    previous = _previous_entries(repository, root) if settings.reuse_unchanged else {}
-    progress.begin("safety snapshot" if tag == "safety" else "backup", sum(_size_or_zero(item.path) for item in selected))
-    for item in selected:
-        stamp = stamp_of(item.path, sqlite=item.kind == "sqlite")
-        entry = _reuse_unchanged(repository, writer, item, stamp, previous.get(item.relative), stats)
-        if entry is not None and unchanged is not None:
-            unchanged.append(item.relative)
-        entries.append(entry or _store_one(repository, writer, item, stamp, settings, scratch, stats))
-    for database in databases:
-        entries.append(_store_server(writer, database, stats))
-    writer.finish()
+    with repository.writer() as writer:
+        writer.set_compression_level(settings.compression_level)
+        entries: list[FileEntry] = []
+        stats = _Counter()
+        previous = _previous_entries(repository, root) if settings.reuse_unchanged else {}
+        progress.begin("safety snapshot" if tag == "safety" else "backup", sum(_size_or_zero(item.path) for item in selected))
+        for item in selected:
+            stamp = stamp_of(item.path, sqlite=item.kind == "sqlite")
+            entry = _reuse_unchanged(repository, writer, item, stamp, previous.get(item.relative), stats)
+            if entry is not None and unchanged is not None:
+                unchanged.append(item.relative)
+            entries.append(entry or _store_one(repository, writer, item, stamp, settings, scratch, stats))
+        for database in databases:
+            entries.append(_store_server(writer, database, stats))
+        writer.finish()
     fsio.reached("after_chunks")
     lock.ensure_held()
     snapshot = Snapshot(

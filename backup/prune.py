@@ -184,17 +184,17 @@ def _plan(repository: Repository, needed: set[str], options: PruneOptions, now: 
 
 def _repack(repository: Repository, plan: _Plan) -> dict[str, tuple[int, list[PackEntry]]]:
     """Copy the live chunks of ``plan.repack`` into new durable, indexed packs."""
-    writer = repository.writer(ignore_packs=plan.repack, keep_entries=True)
-    for pack_id, (_size, live) in sorted(plan.repack.items()):
-        for entry in sorted(live, key=lambda item: (item.frame_offset, item.offset_in_frame)):
-            if writer.reuse(entry.chunk_id):
-                continue
-            try:
-                data = repository.read_chunk(entry.chunk_id)
-            except (CorruptData, StorageError) as error:
-                raise _refused(f"cannot read chunk {entry.chunk_id} from pack {pack_id} to repack it ({error}); run backup.verify") from error
-            writer.add(entry.chunk_id, data)
-    writer.finish()
+    with repository.writer(ignore_packs=plan.repack, keep_entries=True) as writer:
+        for pack_id, (_size, live) in sorted(plan.repack.items()):
+            for entry in sorted(live, key=lambda item: (item.frame_offset, item.offset_in_frame)):
+                if writer.reuse(entry.chunk_id):
+                    continue
+                try:
+                    data = repository.read_chunk(entry.chunk_id)
+                except (CorruptData, StorageError) as error:
+                    raise _refused(f"cannot read chunk {entry.chunk_id} from pack {pack_id} to repack it ({error}); run backup.verify") from error
+                writer.add(entry.chunk_id, data)
+        writer.finish()
     return writer.packs_written
 
 

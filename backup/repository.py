@@ -53,7 +53,7 @@ from .errors import (
 from .chunk_index import ChunkLocation, Index, encode_rows
 from .manifest import MAX_CHUNK_LIST_LEVELS, MAX_MANIFEST_BYTES, Snapshot, check_snapshot_id, seal, unseal
 from .pack import Frame, PackEntry, check_id
-from .storage import LocalStorage, Storage, describe_os_error
+from .storage import LocalStorage, Staged, Storage, describe_os_error
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
@@ -550,12 +550,36 @@ class Repository:
             return self.storage.put(name, pieces, exclusive=True)
         except FileExistsError:
             pass
-        info = self.storage.stat(name)
-        if info is not None and info.size == size:
-            with contextlib.suppress(StorageError):
-                if hashlib.sha256(self.storage.get(name)).hexdigest() == digest:
-                    return size
+        if self._holds(name, size, digest):
+            return size
         return self.storage.put(name, pieces)
+
+    def publish_content_addressed(self, name: str, staged: Staged, digest: str) -> int:
+        """``put_content_addressed`` for bytes already written to ``staged`` (from ``stage``)."""
+        try:
+            try:
+                return staged.publish(name, exclusive=True)
+            except FileExistsError:
+                pass
+            if self._holds(name, staged.size, digest):
+                return staged.size
+            return staged.publish(name)
+        finally:
+            staged.discard()
+
+    def _holds(self, name: str, size: int, digest: str) -> bool:
+        """True if the object ``name`` holds ``size`` bytes hashing to ``digest``."""
+        info = self.storage.stat(name)
+        if info is None or info.size != size:
+            return False
+        with contextlib.suppress(StorageError):
+            return hashlib.sha256(self.storage.get(name)).hexdigest() == digest
+        return False
+
+    def stage(self, folder: str) -> Staged | None:
+        """A staged object to write piece by piece (see LocalStorage.stage), or None if the storage cannot stage."""
+        stage = getattr(self.storage, "stage", None)
+        return stage(folder) if stage is not None else None
 
     def remove_stale_temps(self) -> int:
         """Remove temp files killed writers left behind; call only under the exclusive lock."""
@@ -909,7 +933,14 @@ class ChunkWriter:
         # Frames are placed in the order they were closed, whichever worker built them.
         self._executor: ThreadPoolExecutor | None = None
         self._in_flight: collections.deque[Future[Frame]] = collections.deque()
-        self._frames: list[tuple[int, Frame]] = []
+        # The pack being assembled: its frames go to a staged file as they are
+        # placed (into memory when the storage cannot stage), their entries here.
+        self._staged: Staged | None = None
+        self._pack_pieces: list[bytes] = []
+        self._pack_digest = hashlib.sha256()
+        self._pack_entries = bytearray()
+        self._pack_chunk_ids: list[str] = []
+        self._pack_kept: list[PackEntry] = []
         self._pack_bytes = 0
         #: Pack id -> its index rows, or the numbers of those rows in the index.
         self._written: dict[str, bytes | range] = {}
@@ -1044,37 +1075,58 @@ class ChunkWriter:
         (or for every frame when ``wait_for_all``); a worker's exception is raised here.
         """
         while self._in_flight and (wait_for_all or self._in_flight[0].done() or len(self._in_flight) > FRAMES_IN_FLIGHT):
-            frame = self._in_flight.popleft().result()
-            self._frames.append((self._pack_bytes, frame))
-            self._pack_bytes += len(frame.data)
+            self._place(self._in_flight.popleft().result())
             if self._pack_bytes >= PACK_TARGET_BYTES:
                 self._write_pack()
 
+    def _place(self, frame: Frame) -> None:
+        """Append a frame to the pack being assembled; only its entries stay in memory.
+
+        Holding a pack's frames until it is written cost up to PACK_TARGET_BYTES at
+        the peak of every backup.
+        """
+        placed = [(self._pack_bytes, frame)]
+        self._pack_entries += packformat.encode_entries(placed)
+        if self._keep_entries:
+            self._pack_kept += packformat.header_entries(placed)
+        self._pack_chunk_ids += [chunk_id for chunk_id, _, _ in frame.chunks]
+        self._pack_digest.update(frame.data)
+        if self._staged is None and not self._pack_pieces:
+            self._staged = self.repository.stage("packs")
+        if self._staged is not None:
+            self._staged.write(frame.data)
+        else:
+            self._pack_pieces.append(frame.data)
+        self._pack_bytes += len(frame.data)
+
     def _write_pack(self) -> None:
-        if not self._frames:
+        if not self._pack_chunk_ids:
             return
-        entries = packformat.encode_entries(self._frames)  # for the header and the index rows
+        entries = bytes(self._pack_entries)  # for the header and the index rows
         header = self.repository.pack_header(entries)
-        pieces = [frame.data for _, frame in self._frames] + [header]
-        digest = hashlib.sha256()
-        for piece in pieces:
-            digest.update(piece)
-        pack_id = digest.hexdigest()
-        size = self.repository.put_content_addressed(pack_name(pack_id), pieces, pack_id)
+        self._pack_digest.update(header)
+        pack_id = self._pack_digest.hexdigest()
+        name = pack_name(pack_id)
+        staged = self._staged
+        if staged is not None:
+            staged.write(header)
+            self._staged = None  # published or discarded by the call below, whatever happens
+            size = self.repository.publish_content_addressed(name, staged, pack_id)
+        else:
+            size = self.repository.put_content_addressed(name, [*self._pack_pieces, header], pack_id)
         rows = _index_rows(pack_id, size, entries)
         if self._keep_entries:
-            self.packs_written[pack_id] = (size, packformat.header_entries(self._frames))
+            self.packs_written[pack_id] = (size, self._pack_kept)
         added = self.index.add_rows(rows)
         # The index holds the rows now; refer to them there rather than keep a copy.
         self._written[pack_id] = added if len(added) * INDEX_ROW.size == len(rows) else rows
         self._usable_packs.add(pack_id)
         self._usable_raw.add(bytes.fromhex(pack_id))
         # Indexed now: the pending set only needs the chunks not yet in a pack.
-        for _, frame in self._frames:
-            self._pending_ids.difference_update(chunk_id for chunk_id, _, _ in frame.chunks)
+        self._pending_ids.difference_update(self._pack_chunk_ids)
         self.stored_bytes += size
-        self._frames = []
-        self._pack_bytes = 0
+        self._pack_pieces, self._pack_digest, self._pack_entries = [], hashlib.sha256(), bytearray()
+        self._pack_chunk_ids, self._pack_kept, self._pack_bytes = [], [], 0
 
     def finish(self) -> None:
         """Make every queued chunk durable and indexed (data first, then the index)."""
@@ -1088,6 +1140,19 @@ class ChunkWriter:
             self.repository._write_index_file(encode_index_rows(self._written, held=self.index))
             self._written = {}
         self._pending_ids.clear()
+
+    def __enter__(self) -> ChunkWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.discard()
+
+    def discard(self) -> None:
+        """Drop what ``finish`` did not make durable: the workers and a half-written pack (nothing was referenced)."""
+        self._stop_worker()
+        if self._staged is not None:
+            self._staged.discard()
+            self._staged = None
 
     def _stop_worker(self) -> None:
         if self._executor is not None:

@@ -61,6 +61,19 @@ class Storage(Protocol):
     def critical_section(self) -> contextlib.AbstractContextManager[None]: ...
 
 
+class Staged(Protocol):
+    """An object written piece by piece and published under its name once whole (a storage's optional ``stage``)."""
+
+    @property
+    def size(self) -> int: ...
+
+    def write(self, data: bytes | memoryview) -> None: ...
+
+    def publish(self, name: str, *, exclusive: bool = False) -> int: ...
+
+    def discard(self) -> None: ...
+
+
 def check_name(name: str) -> str:
     """Return ``name`` if it is a safe relative object name, else raise StorageError."""
     segments = name.split("/")
@@ -102,6 +115,39 @@ def _open_for_reading(path: Path):
     return open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)), "rb")
 
 
+class LocalStaged:
+    """An object being written into a LocalStorage: ``put`` in pieces, for data not all in memory at once."""
+
+    def __init__(self, storage: LocalStorage, staged: fsio.StagedFile) -> None:
+        self._storage = storage
+        self._staged = staged
+
+    @property
+    def size(self) -> int:
+        return self._staged.size
+
+    def write(self, data: bytes | memoryview) -> None:
+        try:
+            self._staged.write(data)
+        except OSError as error:
+            raise describe_os_error("write", self._storage.location, error) from error
+
+    def publish(self, name: str, *, exclusive: bool = False) -> int:
+        """As ``put`` would store the bytes written; FileExistsError keeps them staged (see fsio.StagedFile)."""
+        path = self._storage._path(name)
+        try:
+            fsio.make_private_dirs(path.parent)
+            return self._staged.publish(path, exclusive=exclusive)
+        except FileExistsError:
+            raise
+        except OSError as error:
+            self._staged.discard()
+            raise describe_os_error("write", path, error) from error
+
+    def discard(self) -> None:
+        self._staged.discard()
+
+
 class LocalStorage:
     """A directory on a local file system; directories 0700, files 0600."""
 
@@ -121,6 +167,19 @@ class LocalStorage:
             raise
         except OSError as error:
             raise describe_os_error("write", path, error) from error
+
+    def stage(self, folder: str) -> LocalStaged:
+        """An object to write piece by piece, then publish under its name (``LocalStaged``).
+
+        Its temp file sits in ``folder``, which must be on this storage's file
+        system; killed writers' temp files there are removed by remove_stale_temps.
+        """
+        directory = self._path(folder)
+        try:
+            fsio.make_private_dirs(directory)
+            return LocalStaged(self, fsio.StagedFile(directory))
+        except OSError as error:
+            raise describe_os_error("write", directory, error) from error
 
     def get(self, name: str) -> bytes:
         path = self._path(name)

@@ -159,28 +159,28 @@ def _exposure_warning(source: Repository, target: Repository) -> tuple[str, ...]
 
 
 def _copy_one(source: Repository, target: Repository, snapshot: Snapshot, lock: locking.Lock) -> CopiedSnapshot:
-    writer = target.writer()
-    same_ids = source.keys is None and target.keys is None  # both name chunks by SHA-256
-    sent = reused = sent_bytes = 0
-    entries: list[FileEntry] = []
-    for entry in snapshot.files:
-        target_ids: list[str] = []
-        for chunk_id in source.chunk_ids_of(entry.chunk_lists, levels=entry.chunk_list_levels):
-            if same_ids and writer.reuse(chunk_id):
-                reused += 1
-                target_ids.append(chunk_id)
-                continue
-            data = source.read_chunk(chunk_id)  # verified against the source's id
-            new_id = target.chunk_id(data)
-            if writer.add(new_id, data):
-                sent += 1
-                sent_bytes += len(data)
-            else:
-                reused += 1
-            target_ids.append(new_id)
-        chunk_lists, levels = writer.add_chunk_tree(target_ids)
-        entries.append(dataclasses.replace(entry, chunk_lists=tuple(chunk_lists), chunk_list_levels=levels))
-    writer.finish()
+    with target.writer() as writer:
+        same_ids = source.keys is None and target.keys is None  # both name chunks by SHA-256
+        sent = reused = sent_bytes = 0
+        entries: list[FileEntry] = []
+        for entry in snapshot.files:
+            target_ids: list[str] = []
+            for chunk_id in source.chunk_ids_of(entry.chunk_lists, levels=entry.chunk_list_levels):
+                if same_ids and writer.reuse(chunk_id):
+                    reused += 1
+                    target_ids.append(chunk_id)
+                    continue
+                data = source.read_chunk(chunk_id)  # verified against the source's id
+                new_id = target.chunk_id(data)
+                if writer.add(new_id, data):
+                    sent += 1
+                    sent_bytes += len(data)
+                else:
+                    reused += 1
+                target_ids.append(new_id)
+            chunk_lists, levels = writer.add_chunk_tree(target_ids)
+            entries.append(dataclasses.replace(entry, chunk_lists=tuple(chunk_lists), chunk_list_levels=levels))
+        writer.finish()
     _verify_arrived(target, snapshot.id, entries)
     lock.ensure_held()
     target.save_snapshot(dataclasses.replace(snapshot, files=tuple(entries)))

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import random
 
+import pytest
+
 from backup import create_backup, restore_backup, verify_backup
 from backup import pack as packformat
-from backup.repository import FRAME_TARGET_BYTES, READ_BATCH_BYTES, SCATTERED_FRAME_BYTES, Repository
+from backup.errors import StorageError
+from backup.fsio import FaultPlan, inject
+from backup.repository import (
+    FRAME_TARGET_BYTES,
+    READ_BATCH_BYTES,
+    SCATTERED_FRAME_BYTES,
+    Repository,
+)
 from backup.storage import LocalStorage
 
 CHUNK = 4096
@@ -74,3 +84,39 @@ def test_blocks_moved_inside_a_file_restore_with_each_frame_decompressed_once_pe
     # One read per chunk (as a frame cache smaller than the file gives) would be thousands.
     for reads in (restored_reads, len(decompressed)):
         assert reads <= (frames + 2) * batches + 16, reads
+
+
+def _pack_files(settings) -> list:
+    return sorted(path for path in (settings.repository / "packs").rglob("*") if path.is_file())
+
+
+def test_a_damaged_pack_under_the_name_of_a_new_one_is_replaced_by_the_intact_bytes(tmp_path, make_settings):
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / "data.bin").write_bytes(random.Random(5).randbytes(40 * CHUNK))
+    settings = make_settings(root, include=["data.bin"])
+    create_backup(settings)
+    [pack] = _pack_files(settings)
+    intact = pack.read_bytes()
+    pack.write_bytes(intact[: len(intact) // 2])  # truncated: its chunks count as not stored
+
+    create_backup(settings)  # stores the same frames again: the same pack, by name
+
+    assert _pack_files(settings) == [pack]
+    assert pack.read_bytes() == intact
+    assert not list(settings.repository.rglob(".dbkeep-tmp-*"))
+    assert verify_backup(settings, read_data=True).ok
+
+
+@pytest.mark.parametrize("failing_write", [3, 4], ids=["first-frame", "second-frame"])
+def test_a_backup_that_fails_midway_leaves_no_half_written_pack(tmp_path, make_settings, failing_write: int):
+    """Writes 1-2 are the lock records; from 3 on, the frames go to the pack's staged file."""
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / "data.bin").write_bytes(random.Random(6).randbytes(3 * FRAME_TARGET_BYTES))
+    settings = make_settings(root, include=["data.bin"], compression_level=0)
+    with inject(FaultPlan(fail_op="write", fail_errno=errno.EIO, fail_at=failing_write)), pytest.raises(StorageError):
+        create_backup(settings)
+    assert not list(settings.repository.rglob(".dbkeep-tmp-*"))
+    assert _pack_files(settings) == []
+    assert create_backup(settings).snapshot is not None

@@ -313,3 +313,56 @@ def test_s3_lease_record_names_its_holder(aws_environment: str) -> None:
         record = json.loads(storage.get(LEASE_NAME))
         assert record["pid"] == os.getpid() and record["lease_seconds"] == storage.lease_seconds
     assert not storage.exists(LEASE_NAME)
+
+
+def _temp_files(root: Path) -> list[str]:
+    return sorted(str(path.relative_to(root)) for path in root.rglob(f"{fsio.TEMP_PREFIX}*"))
+
+
+def test_local_staged_object_is_invisible_until_published_then_whole(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "repository")
+    staged = storage.stage("packs")
+    staged.write(b"first frame ")
+    staged.write(memoryview(b"second frame"))
+    assert storage.list("packs") == [], "a staged object is not listed"
+    assert staged.publish("packs/ab/abcd", exclusive=True) == len(b"first frame second frame")
+    assert storage.get("packs/ab/abcd") == b"first frame second frame"
+    assert _temp_files(tmp_path) == []
+
+
+def test_local_staged_object_published_over_an_existing_name_is_kept_for_the_caller(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "repository")
+    storage.put("packs/ab/abcd", [b"damaged"])
+    staged = storage.stage("packs")
+    staged.write(b"intact bytes")
+    with pytest.raises(FileExistsError):
+        staged.publish("packs/ab/abcd", exclusive=True)
+    assert storage.get("packs/ab/abcd") == b"damaged", "exclusive never replaces"
+    staged.publish("packs/ab/abcd")
+    assert storage.get("packs/ab/abcd") == b"intact bytes"
+    assert _temp_files(tmp_path) == []
+
+
+@pytest.mark.parametrize("operation", ["write", "fsync", "link", "fsync_dir"])
+def test_local_staged_object_that_fails_publishes_nothing_and_leaves_no_temp(tmp_path: Path, operation: str) -> None:
+    storage = LocalStorage(tmp_path / "repository")
+    storage.put("packs/ab/other", [b"x"])
+    staged = storage.stage("packs")
+    with fsio.inject(fsio.FaultPlan(fail_op=operation, fail_errno=errno.EIO, fail_at=1)), pytest.raises(StorageError):
+        staged.write(b"frame")
+        staged.publish("packs/ab/abcd", exclusive=True)
+    staged.discard()
+    assert storage.stat("packs/ab/abcd") is None
+    assert _names(storage.list("packs")) == ["packs/ab/other"]
+    assert _temp_files(tmp_path) == []
+
+
+def test_local_staged_object_discarded_leaves_nothing(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "repository")
+    staged = storage.stage("packs")
+    staged.write(b"half a pack")
+    staged.discard()
+    staged.discard()
+    assert _temp_files(tmp_path) == []
+    with pytest.raises(ValueError):
+        staged.publish("packs/ab/abcd")

@@ -25,7 +25,7 @@ from backup.export import export_snapshot
 from backup.operations import create_backup, list_backups, restore_backup, verify_backup
 from backup.settings import settings_from_mapping
 from backup.sources import logical_dump_digest
-from backup.storage import LocalStorage
+from backup.storage import LocalStaged, LocalStorage
 from backup.transfer import ImportLimits, ImportRefused, copy_snapshots, import_archive
 from tests.s3_support import aws_environment, new_bucket, s3_server  # noqa: F401
 
@@ -129,6 +129,19 @@ class _CorruptingStorage(LocalStorage):
         if name.startswith("packs/") and pieces and pieces[0]:
             pieces[0] = bytes([pieces[0][0] ^ 0xFF]) + pieces[0][1:]
         return super().put(name, pieces, exclusive=exclusive)
+
+    def stage(self, folder):
+        staged = super().stage(folder)
+        return _CorruptingStaged(self, staged._staged) if folder == "packs" else staged
+
+
+class _CorruptingStaged(LocalStaged):
+    """A pack written frame by frame whose first byte is damaged on the way."""
+
+    def write(self, data):
+        if self.size == 0 and data:
+            data = bytes([data[0] ^ 0xFF]) + bytes(data[1:])
+        super().write(data)
 
 
 def test_copy_whose_bytes_arrive_damaged_publishes_no_snapshot(source, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -87,7 +87,8 @@ def seam_events(sequence: list[tuple[str, str]]) -> list[Event]:
     it is published; a write or fsync belongs to the temp created last (writes
     to one temp run in sequence), and a publish takes the newest unpublished
     temp of the destination's directory (temps are created beside their
-    destination).
+    destination), or else of its parent (a pack is staged in packs/ while its
+    frames are written, then published into its packs/xx/ folder).
     """
     events = []
     current_temp = ""
@@ -101,7 +102,8 @@ def seam_events(sequence: list[tuple[str, str]]) -> list[Event]:
         elif op == "fsync_dir":
             events.append(Event("fsync", target))
         elif op in ("link", "replace"):
-            candidates = temps.get(os.path.dirname(target), [])
+            directory = os.path.dirname(target)
+            candidates = temps.get(directory) or temps.get(os.path.dirname(directory), [])
             events.append(Event("publish", target, candidates.pop() if candidates else "(no temp)"))
     return events
 
