@@ -34,6 +34,8 @@ _CHUNK_ID_AT = 40
 #: this many, or half as many as are sorted already; then all are sorted together.
 _MERGE_AT_LEAST = 32768
 _ROW_BITS = 32
+#: Sorted rows merged with the new ones per step (see ``Index._sort``).
+_MERGE_SEGMENT = 16384
 #: How many answers of ``first_location`` are kept (about 250 bytes each).
 _KEPT_ANSWERS = 16384
 
@@ -179,10 +181,11 @@ class Index:
     def _sort(self) -> None:
         """Sort every row added since the last sort into the arrays.
 
-        The new rows are sorted alone, then inserted into the sorted arrays by
-        bisection, copying the runs between them slice by slice. Building one list
-        of every row instead (and sorting it) cost 44 bytes a row at the peak: 11 MiB
-        at the last merge of a 1 GiB database's first backup, its highest point.
+        The new rows are sorted alone, then merged into the sorted arrays one
+        segment of _MERGE_SEGMENT rows at a time: each segment and the new rows
+        that fall inside it are sorted together (timsort merges the two runs).
+        One list of every row instead cost 44 bytes a row at the peak: 11 MiB at
+        the last merge of a 1 GiB database's first backup, its highest point.
         Equal prefixes stay in row order, as the rows sorted before are older.
         """
         done = len(self._keys)
@@ -192,26 +195,21 @@ class Index:
         with memoryview(self._rows) as rows:
             new = sorted((prefix << _ROW_BITS) | row for row, (prefix,) in enumerate(_PREFIX.iter_unpack(rows[done * ROW.size :]), done))
         mask = (1 << _ROW_BITS) - 1
-        if not done:
-            # From generators, not lists: a list of ints would cost another 44 bytes a row.
-            self._keys = array("Q", (value >> _ROW_BITS for value in new))
-            self._order = array("I", (value & mask for value in new))
-            return
         keys, order = self._keys, self._order
         merged_keys, merged_order = array("Q"), array("I")
         taken = 0
-        after = bisect.bisect_right
-        for value in new:
-            key = value >> _ROW_BITS
-            position = after(keys, key, taken)
-            if position > taken:
-                merged_keys += keys[taken:position]
-                merged_order += order[taken:position]
-                taken = position
-            merged_keys.append(key)
-            merged_order.append(value & mask)
-        merged_keys += keys[taken:]
-        merged_order += order[taken:]
+        for start in range(0, done, _MERGE_SEGMENT):
+            stop = min(start + _MERGE_SEGMENT, done)
+            until = bisect.bisect_left(new, (keys[stop] << _ROW_BITS) | order[stop], taken) if stop < done else len(new)
+            part = [(key << _ROW_BITS) | row for key, row in zip(keys[start:stop], order[start:stop])]
+            part += new[taken:until]
+            part.sort()
+            merged_keys.extend(value >> _ROW_BITS for value in part)
+            merged_order.extend(value & mask for value in part)
+            taken = until
+        if not done:  # the first sort: no segments, and generators rather than lists (44 bytes a row)
+            merged_keys = array("Q", (value >> _ROW_BITS for value in new))
+            merged_order = array("I", (value & mask for value in new))
         self._keys, self._order = merged_keys, merged_order
 
     # -- looking up -----------------------------------------------------------------

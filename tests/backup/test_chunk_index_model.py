@@ -123,10 +123,17 @@ operations = st.lists(
 
 
 @settings(max_examples=int(os.environ.get("DBKEEP_MODEL_EXAMPLES", "1500")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(contents=pack_contents, steps=operations, merge_at=st.sampled_from([1, 2, 3, 5, 8, 32768]), cache=st.sampled_from([1, 2, 16384]))
-def test_the_index_matches_a_plain_dict_model(contents: list[list[int]], steps: list[tuple], merge_at: int, cache: int) -> None:
+@given(
+    contents=pack_contents,
+    steps=operations,
+    merge_at=st.sampled_from([1, 2, 3, 5, 8, 32768]),
+    cache=st.sampled_from([1, 2, 16384]),
+    segment=st.sampled_from([1, 2, 3, 16384]),
+)
+def test_the_index_matches_a_plain_dict_model(contents: list[list[int]], steps: list[tuple], merge_at: int, cache: int, segment: int) -> None:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(chunk_index, "_MERGE_AT_LEAST", merge_at)
+        patch.setattr(chunk_index, "_MERGE_SEGMENT", segment)
         patch.setattr(chunk_index, "_KEPT_ANSWERS", cache)
         index, model = Index(), Model()
         probe_packs = [set(PACKS[:3]), set(PACKS[3:]), {PACKS[0]}, set()]
@@ -218,6 +225,7 @@ def test_writers_sharing_one_index_match_the_index_files(tmp_path, monkeypatch, 
     from backup import repository as repo_module
 
     monkeypatch.setattr(chunk_index, "_MERGE_AT_LEAST", [1, 3, 7, 32768][seed % 4])
+    monkeypatch.setattr(chunk_index, "_MERGE_SEGMENT", [1, 5, 16384][seed % 3])
     monkeypatch.setattr(repo_module, "FRAME_TARGET_BYTES", 700 + 97 * (seed % 5))
     monkeypatch.setattr(repo_module, "PACK_TARGET_BYTES", 1500 + 311 * (seed % 7))
     _writer_rounds(tmp_path, seed)
