@@ -295,13 +295,17 @@ def _reuse_unchanged(repository: Repository, writer, item: SelectedFile, stamp: 
     if previous is None or previous.kind != item.kind or stamp is None or stamp != previous.source:
         return None
     list_ids: set[str] = set()
+    count = 0
     try:
-        chunk_ids = list(repository.chunk_ids_of(previous.chunk_lists, levels=previous.chunk_list_levels, list_ids=list_ids))
+        for leaf in repository.leaf_lists_of(previous.chunk_lists, levels=previous.chunk_list_levels, list_ids=list_ids):
+            count += len(leaf) // 32
+            if not all(writer.stored_flags([leaf[position : position + 32] for position in range(0, len(leaf), 32)])):
+                return None
     except CorruptData:
         return None
-    if len(chunk_ids) != previous.chunk_count or not all(writer.stored_flags(bytes.fromhex(chunk_id) for chunk_id in (*list_ids, *chunk_ids))):
+    if count != previous.chunk_count or not all(writer.stored_flags([bytes.fromhex(list_id) for list_id in list_ids])):
         return None
-    stats.reused_chunks += len(chunk_ids)
+    stats.reused_chunks += count
     stats.logical_bytes += previous.size
     progress.advance(previous.size)
     return previous
