@@ -149,3 +149,19 @@ def test_rows_are_copied_unless_adopted() -> None:
     index.add_rows(rows)
     index.add_pack(_pack(2), 100, [_entry(_id(2), 0)])
     assert len(rows) == chunk_index.ROW.size
+
+
+def test_ids_at_the_edges_of_the_prefix_buckets_are_found_and_absent_ones_are_not() -> None:
+    edges = [0, 1, (1 << 63) - 1, 1 << 63, (1 << 63) + 1, (1 << 64) - 2, (1 << 64) - 1]
+    stored = [_id(number, edge.to_bytes(8, "big")) for number, edge in enumerate(edges)]
+    stored += [_id(100 + number) for number in range(300)]  # enough rows for many buckets
+    absent = [_id(1000 + number, edge.to_bytes(8, "big")) for number, edge in enumerate(edges)] + [_id(5000 + number) for number in range(50)]
+    index = Index()
+    index.add_pack(_pack(1), 1000, [_entry(chunk_id, position) for position, chunk_id in enumerate(stored)])
+    index._sort()
+    assert len(index._starts) > 8, "the index must have several buckets for this test to mean anything"
+    usable = {bytes.fromhex(_pack(1))}
+    assert index.held_flags([bytes.fromhex(chunk_id) for chunk_id in stored], usable) == [True] * len(stored)
+    assert index.held_flags([bytes.fromhex(chunk_id) for chunk_id in absent], usable) == [False] * len(absent)
+    assert all(index.held_in(chunk_id, {_pack(1)}) for chunk_id in stored)
+    assert [index.first_location(chunk_id) is not None for chunk_id in stored + absent] == [True] * len(stored) + [False] * len(absent)
