@@ -127,10 +127,14 @@ def create_temp(directory: Path) -> tuple[int, Path]:
 
 def write(descriptor: int, data: bytes | memoryview) -> None:
     _plan.before("write")
-    view = memoryview(data)
-    while view:
-        written = os.write(descriptor, view)
-        view = view[written:]
+    # Released on return even if something still holds this frame (a profiler, a
+    # traceback): callers reuse and resize their buffers right after.
+    with memoryview(data) as whole:
+        view = whole
+        while view:
+            written = os.write(descriptor, view)
+            view = view[written:]
+        view.release()
 
 
 def fsync(descriptor: int) -> None:
