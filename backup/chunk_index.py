@@ -30,6 +30,8 @@ _PREFIX = struct.Struct(">40xQ45x")
 _PACK_AND_SIZE = struct.Struct("<32sQ53x")
 _PACK_AND_FRAME = struct.Struct("<32s40xQ13x")
 _CHUNK_ID_AT = 40
+#: What a reader needs of a row: pack id, frame offset, offset in the frame, length.
+_RUN_PLACE = struct.Struct("<32s40xQ4xII1x")
 #: Rows added one pack at a time (by a writer) wait in a small dict until there are
 #: this many, or half as many as are sorted already; then all are sorted together.
 _MERGE_AT_LEAST = 32768
@@ -352,6 +354,61 @@ class Index:
                         break
             flags.append(held)
         return flags
+
+    def first_rows(self, raw_ids: bytes) -> list[int]:
+        """For each 32-byte id of ``raw_ids`` (a chunk list's bytes), the row of its first copy, or -1.
+
+        The row ``first_location`` would answer from, for readers that only need
+        where the bytes are (``add_runs``): no text and no objects per chunk.
+        """
+        keys, order, rows, recent, starts, shift = self._keys, self._order, self._rows, self._recent, self._starts, self._shift
+        size = ROW.size
+        first_of = bisect.bisect_left
+        number = int.from_bytes
+        found: list[int] = []
+        for at in range(0, len(raw_ids), 32):
+            raw = raw_ids[at : at + 32]
+            prefix = number(raw[:8], "big")
+            row = -1
+            bucket = prefix >> shift
+            end = starts[bucket + 1]
+            position = first_of(keys, prefix, starts[bucket], end)
+            while position < end and keys[position] == prefix:
+                start = order[position] * size + _CHUNK_ID_AT
+                if rows[start : start + 32] == raw:
+                    row = order[position]  # equal prefixes are in row order: the first match is the oldest
+                    break
+                position += 1
+            if row < 0 and prefix in recent:  # recent rows are newer than every sorted one
+                waiting = recent[prefix]
+                for candidate in (waiting,) if isinstance(waiting, int) else waiting:
+                    start = candidate * size + _CHUNK_ID_AT
+                    if rows[start : start + 32] == raw:
+                        row = candidate
+                        break
+            found.append(row)
+        return found
+
+    def add_runs(self, rows: Iterable[int], runs: list[list]) -> int:
+        """Append the chunks of ``rows`` to ``runs``, joining each to the run before when adjacent in one frame.
+
+        A run is [pack id, entry of its first chunk, start, end] within the
+        frame's decompressed bytes (what Repository.read_runs reads); an entry is
+        made only for the first chunk of a run. Returns the bytes added.
+        """
+        data, pack_hex, place = self._rows, self._pack_hex, _RUN_PLACE.unpack_from
+        last = runs[-1] if runs else None
+        added = 0
+        for row in rows:
+            raw_pack, frame_offset, offset_in_frame, length = place(data, row * ROW.size)
+            added += length
+            if last is not None and last[3] == offset_in_frame and last[1].frame_offset == frame_offset and last[0] == pack_hex[raw_pack]:
+                last[3] = offset_in_frame + length
+                continue
+            pack_id, entry = self._entry(row)
+            last = [pack_id, entry, offset_in_frame, offset_in_frame + length]
+            runs.append(last)
+        return added
 
     def packs_holding(self, chunk_id: str) -> list[str]:
         """The ids of the packs holding the chunk, without building its locations."""

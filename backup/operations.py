@@ -718,8 +718,7 @@ def _materialise(repository: Repository, item: RestoreItem) -> Path:
     try:
         try:
             try:
-                chunk_ids = repository.chunk_ids_of(entry.chunk_lists, levels=entry.chunk_list_levels)
-                digest, size = _write_pieces(descriptor, repository.read_unchecked(chunk_ids))
+                digest, size = _write_pieces(descriptor, repository.read_file_unchecked(entry.chunk_lists, levels=entry.chunk_list_levels))
             except CorruptData:
                 digest, size = None, -1
             if size != entry.size or digest is None or digest.hexdigest() != entry.sha256:

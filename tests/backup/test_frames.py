@@ -120,3 +120,40 @@ def test_a_backup_that_fails_midway_leaves_no_half_written_pack(tmp_path, make_s
     assert not list(settings.repository.rglob(".dbkeep-tmp-*"))
     assert _pack_files(settings) == []
     assert create_backup(settings).snapshot is not None
+
+
+def test_unchecked_file_reads_give_the_same_bytes_as_checked_chunk_reads(tmp_path, make_settings):
+    root = tmp_path / "project"
+    root.mkdir()
+    data = bytearray(random.Random(8).randbytes(2 * FRAME_TARGET_BYTES + 3 * CHUNK + 17))
+    (root / "data.bin").write_bytes(data)
+    settings = make_settings(root, include=["data.bin"])
+    create_backup(settings)
+    for position in range(0, len(data), 37 * CHUNK):  # scattered changes: runs across packs and frames
+        data[position : position + 8] = random.Random(position).randbytes(8)
+    data[CHUNK : 2 * CHUNK] = data[5 * CHUNK : 6 * CHUNK]  # a chunk repeated within the file
+    (root / "data.bin").write_bytes(data)
+    snapshot = create_backup(settings).snapshot
+    repository = Repository.open(LocalStorage(settings.repository))
+    entry = snapshot.files[0]
+    unchecked = b"".join(bytes(piece) for piece in repository.read_file_unchecked(entry.chunk_lists, levels=entry.chunk_list_levels))
+    checked = b"".join(repository.read_file_chunks(entry.chunk_lists, levels=entry.chunk_list_levels))
+    assert unchecked == checked == bytes(data)
+
+
+def test_unchecked_file_read_of_a_chunk_missing_from_the_index_names_it(tmp_path, make_settings, monkeypatch):
+    from backup.errors import CorruptData
+
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / "data.bin").write_bytes(random.Random(9).randbytes(40 * CHUNK))
+    settings = make_settings(root, include=["data.bin"])
+    snapshot = create_backup(settings).snapshot
+    repository = Repository.open(LocalStorage(settings.repository))
+    entry = snapshot.files[0]
+    lists = list(repository.leaf_lists_of(entry.chunk_lists, levels=entry.chunk_list_levels))
+    foreign = hashlib.sha256(b"never stored").digest()
+    forged = lists[0][:32] + foreign + lists[0][64:]
+    monkeypatch.setattr(repository, "leaf_lists_of", lambda *_, **__: iter([forged, *lists[1:]]))
+    with pytest.raises(CorruptData, match=foreign.hex()):
+        b"".join(bytes(piece) for piece in repository.read_file_unchecked(entry.chunk_lists, levels=entry.chunk_list_levels))
