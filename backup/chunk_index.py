@@ -389,6 +389,14 @@ class Index:
             found.append(row)
         return found
 
+    def frame_of(self, row: int) -> tuple[str, int]:
+        """(pack id, frame offset) of a row: the frame that holds its chunk."""
+        raw_pack, frame_offset, _, _ = _RUN_PLACE.unpack_from(self._rows, row * ROW.size)
+        return self._pack_hex[raw_pack], frame_offset
+
+    def location_of(self, row: int) -> ChunkLocation:
+        return self._location(row)
+
     def add_runs(self, rows: Iterable[int], runs: list[list]) -> int:
         """Append the chunks of ``rows`` to ``runs``, joining each to the run before when adjacent in one frame.
 

@@ -833,9 +833,9 @@ class Repository:
                 raise CorruptChunk(f"chunk {leaf[missing : missing + 32].hex()} is not in the index: its data is missing from the repository")
             batch_bytes += index.add_runs(rows, runs)
             if batch_bytes >= READ_BATCH_BYTES:
-                yield from self._read_built_runs(runs)
+                yield from self.read_built_runs(runs)
                 runs, batch_bytes = [], 0
-        yield from self._read_built_runs(runs)
+        yield from self.read_built_runs(runs)
 
     def read_runs(self, locations: Sequence[ChunkLocation]) -> Iterator[bytes | memoryview]:
         """The located chunks' bytes in order, unchecked, as runs of chunks adjacent in one frame.
@@ -855,10 +855,10 @@ class Repository:
                 last[3] = entry.offset_in_frame + entry.length
             else:
                 runs.append([location.pack_id, entry, entry.offset_in_frame, entry.offset_in_frame + entry.length])
-        yield from self._read_built_runs(runs)
+        yield from self.read_built_runs(runs)
 
-    def _read_built_runs(self, runs: list[list]) -> Iterator[bytes | memoryview]:
-        """``read_runs`` once the runs are built ([pack id, entry of the first chunk, start, end])."""
+    def read_built_runs(self, runs: list[list]) -> Iterator[bytes | memoryview]:
+        """``read_runs`` once the runs are built ([pack id, entry of the first chunk, start, end], Index.add_runs)."""
         if _frames_fit_cache(runs):
             yield from self._stream_runs(runs)
             return

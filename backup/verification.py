@@ -88,6 +88,7 @@ def verify_repository(
     if read_data:
         _check_packs(repository, present, report, state, pack_ids)
     state.good_packs = {pack_id for pack_id, size in index.pack_sizes.items() if present.get(pack_id) == size and pack_id not in state.bad_packs}
+    state.good_raw = {bytes.fromhex(pack_id) for pack_id in state.good_packs}
     pending: list[tuple[Snapshot, FileEntry]] = []
     for snapshot in snapshots:
         report.snapshots_checked += 1
@@ -126,6 +127,8 @@ class _State:
     bad_packs: dict[str, str] = field(default_factory=dict)
     #: indexed packs present at their indexed size and not in bad_packs
     good_packs: set[str] = field(default_factory=set)
+    #: the same, as the raw ids the index rows hold
+    good_raw: set[bytes] = field(default_factory=set)
     #: chunk id -> why no copy is stored, or None (looked up when the first copy is not usable)
     chunk_status: dict[str, str | None] = field(default_factory=dict)
     #: chunk list id -> its bytes, so a list shared by snapshots is read once
@@ -240,17 +243,18 @@ def _cached_status(repository: Repository, chunk_id: str, state: _State) -> str 
     return status[chunk_id]
 
 
-def _leaf_lists(repository: Repository, list_ids: Sequence[str], levels: int, state: _State) -> Iterator[tuple[str, list[str]]]:
-    """The data chunk ids of a chunk list tree, one leaf list at a time, in order.
+def _leaf_lists(repository: Repository, list_ids: Sequence[str], levels: int, state: _State) -> Iterator[tuple[str, bytes]]:
+    """The data chunk ids of a chunk list tree, one leaf list at a time, in order, as (list id, its raw ids joined).
 
     Raises _Damage on a list that is missing or damaged.
     """
     for list_id in list_ids:
-        reason = _cached_status(repository, list_id, state)
-        if reason is not None:
-            raise _Damage("missing-chunk", f"chunk list {reason}", list_id)
+        # A cached list was stored safely and read intact when it was cached.
         data = state.lists.get(list_id)
         if data is None:
+            reason = _cached_status(repository, list_id, state)
+            if reason is not None:
+                raise _Damage("missing-chunk", f"chunk list {reason}", list_id)
             try:
                 data = repository.read_chunk(list_id)
             except CorruptData as error:
@@ -259,12 +263,11 @@ def _leaf_lists(repository: Repository, list_ids: Sequence[str], levels: int, st
                 raise _Damage("corrupt-chunk", f"chunk list {list_id} has a length that is not a multiple of 32", list_id)
             if len(state.lists) < LIST_CACHE_ENTRIES:
                 state.lists[list_id] = data
-        text = data.hex()
-        ids = [text[position : position + 64] for position in range(0, len(text), 64)]
         if levels == 1:
-            yield list_id, ids
+            yield list_id, data
         else:
-            yield from _leaf_lists(repository, ids, levels - 1, state)
+            text = data.hex()
+            yield from _leaf_lists(repository, [text[position : position + 64] for position in range(0, len(text), 64)], levels - 1, state)
 
 
 def _check_structure(repository: Repository, snapshot: Snapshot, entry: FileEntry, state: _State, report: VerifyReport) -> bool:
@@ -276,16 +279,17 @@ def _check_structure(repository: Repository, snapshot: Snapshot, entry: FileEntr
     missing: list[tuple[str, str]] = []
     count = 0
     index = repository.index()
-    good_packs = state.good_packs
     sound = state.sound_lists
     try:
-        for list_id, ids in _leaf_lists(repository, entry.chunk_lists, entry.chunk_list_levels, state):
-            count += len(ids)
+        for list_id, leaf in _leaf_lists(repository, entry.chunk_lists, entry.chunk_list_levels, state):
+            raw_ids = [leaf[position : position + 32] for position in range(0, len(leaf), 32)]
+            count += len(raw_ids)
             if list_id in sound:
                 continue
             missing_before = len(missing)
-            for chunk_id in ids:
-                if not index.held_in(chunk_id, good_packs):
+            for raw, held in zip(raw_ids, index.held_flags(raw_ids, state.good_raw)):
+                if not held:
+                    chunk_id = raw.hex()
                     reason = _cached_status(repository, chunk_id, state)
                     if reason is not None:
                         missing.append((reason, chunk_id))
@@ -368,36 +372,58 @@ def _reassemble(repository: Repository, entries: Sequence[FileEntry], state: _St
     return outcomes
 
 
-def _pieces(repository: Repository, entry: FileEntry, state: _State) -> Iterator[bytes]:
+def _pieces(repository: Repository, entry: FileEntry, state: _State) -> Iterator[bytes | memoryview]:
     """The file's bytes in order, from copies that passed their check, a batch at a time.
 
-    Raises _Damage naming the first chunk with no intact copy.
+    The chunks of a leaf list are found by raw id and join the runs to read
+    directly (Index.first_rows, Index.add_runs), as restore reads them; only a
+    chunk whose first copy failed its check is looked up as a location, to read
+    another copy. Raises _Damage naming the first chunk with no intact copy.
     """
-    locations = repository.index().locations
+    index = repository.index()
     checked = state.checked
     damaged = state.damaged
-    batch: list[ChunkLocation] = []
+    runs: list[list] = []
     batch_bytes = 0
-    for _, ids in _leaf_lists(repository, entry.chunk_lists, entry.chunk_list_levels, state):
-        for chunk_id in ids:
-            location = locations.get(chunk_id)
-            if location is None:
-                raise _Damage("missing-chunk", f"chunk {chunk_id} is not in any index", chunk_id)
-            if (location.pack_id, location.entry.frame_offset) not in checked:
-                _check_frame(repository, location, state)
-            if damaged and (location.pack_id, chunk_id) in damaged:
-                location = _intact_copy(repository, chunk_id, state)
-            batch.append(location)
-            batch_bytes += location.entry.length
-            if batch_bytes >= READ_BATCH_BYTES:
-                yield from _read_runs(repository, batch)
-                batch, batch_bytes = [], 0
-    yield from _read_runs(repository, batch)
+    for _, leaf in _leaf_lists(repository, entry.chunk_lists, entry.chunk_list_levels, state):
+        rows = index.first_rows(leaf)
+        if -1 in rows:
+            missing = leaf[rows.index(-1) * 32 :][:32].hex()
+            raise _Damage("missing-chunk", f"chunk {missing} is not in any index", missing)
+        for row in rows:
+            frame = index.frame_of(row)
+            if frame not in checked:
+                _check_frame(repository, index.location_of(row), state)
+        if not damaged:
+            batch_bytes += index.add_runs(rows, runs)
+        else:
+            for position, row in enumerate(rows):
+                location = index.location_of(row)
+                if (location.pack_id, location.entry.chunk_id) in damaged:
+                    location = _intact_copy(repository, leaf[position * 32 : position * 32 + 32].hex(), state)
+                    batch_bytes += _add_location_run(location, runs)
+                else:
+                    batch_bytes += index.add_runs((row,), runs)
+        if batch_bytes >= READ_BATCH_BYTES:
+            yield from _read_runs(repository, runs)
+            runs, batch_bytes = [], 0
+    yield from _read_runs(repository, runs)
 
 
-def _read_runs(repository: Repository, batch: Sequence[ChunkLocation]) -> Iterator[bytes | memoryview]:
+def _add_location_run(location: ChunkLocation, runs: list[list]) -> int:
+    """Index.add_runs for a chunk given by its location (another copy than its first)."""
+    entry = location.entry
+    last = runs[-1] if runs else None
+    if last is not None and last[0] == location.pack_id and last[1].frame_offset == entry.frame_offset and last[3] == entry.offset_in_frame:
+        last[3] = entry.offset_in_frame + entry.length
+    else:
+        runs.append([location.pack_id, entry, entry.offset_in_frame, entry.offset_in_frame + entry.length])
+    return entry.length
+
+
+def _read_runs(repository: Repository, runs: list[list]) -> Iterator[bytes | memoryview]:
     try:
-        yield from repository.read_runs(batch)
+        yield from repository.read_built_runs(runs)
     except CorruptData as error:  # changed on disk since its check
         raise _Damage("corrupt-chunk", str(error), None) from error
 
