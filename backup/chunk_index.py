@@ -162,6 +162,11 @@ class Index:
         if self._count - len(self._keys) >= max(_MERGE_AT_LEAST, len(self._keys) // 2):
             self._sort()
             return added
+        self._wait_unsorted(rows, first)
+        return added
+
+    def _wait_unsorted(self, rows: bytes | bytearray | memoryview, first: int) -> None:
+        """Make rows numbered from ``first`` findable before they are sorted (``_recent``)."""
         recent = self._recent
         for row, (prefix,) in enumerate(_PREFIX.iter_unpack(rows), first):
             held = recent.get(prefix)
@@ -171,7 +176,6 @@ class Index:
                 recent[prefix] = [held, row]
             else:
                 held.append(row)
-        return added
 
     def _rows_not_held(self, rows: bytes | bytearray) -> bytes:
         """The rows of ``rows`` that are not held yet; records a pack listed with other rows or size."""
@@ -213,6 +217,16 @@ class Index:
         if done == self._count:
             return
         self._recent = {}  # rebuilt from the rows below; free it before the peak
+        try:
+            self._merge_unsorted(done)
+        except BaseException:  # (MemoryError) the unsorted rows must stay findable
+            self._recent = {}
+            with memoryview(self._rows) as rows:
+                self._wait_unsorted(rows[done * ROW.size :], done)
+            raise
+
+    def _merge_unsorted(self, done: int) -> None:
+        """The body of ``_sort``: merge rows ``done`` and after into the sorted arrays."""
         with memoryview(self._rows) as rows:
             new = sorted((prefix << _ROW_BITS) | row for row, (prefix,) in enumerate(_PREFIX.iter_unpack(rows[done * ROW.size :]), done))
         mask = (1 << _ROW_BITS) - 1
@@ -231,8 +245,8 @@ class Index:
         if not done:  # the first sort: no segments, and generators rather than lists (44 bytes a row)
             merged_keys = array("Q", (value >> _ROW_BITS for value in new))
             merged_order = array("I", (value & mask for value in new))
-        self._keys, self._order = merged_keys, merged_order
-        self._shift, self._starts = _bucket_starts(merged_keys)
+        shift, starts = _bucket_starts(merged_keys)
+        self._keys, self._order, self._shift, self._starts = merged_keys, merged_order, shift, starts
 
     # -- looking up -----------------------------------------------------------------
 

@@ -131,14 +131,17 @@ def write(descriptor: int, data: bytes | memoryview) -> None:
     # traceback): callers reuse and resize their buffers right after.
     with memoryview(data) as whole:
         view = whole
-        while view:
-            written = os.write(descriptor, view)
-            view = view[written:]
-        view.release()
+        try:
+            while view:
+                written = os.write(descriptor, view)
+                view = view[written:]
+        finally:
+            view.release()
 
 
-def fsync(descriptor: int) -> None:
-    _plan.before("fsync")
+def fsync(descriptor: int, target: str = "") -> None:
+    """``target`` names the file for the seam recording, when the caller knows it."""
+    _plan.before("fsync", target)
     os.fsync(descriptor)
 
 
@@ -227,6 +230,17 @@ class StagedFile:
         self._descriptor, self._temp = create_temp(directory)
         self.size = 0
 
+    @property
+    def path(self) -> Path | None:
+        """The temp file, until it is published or discarded."""
+        return self._temp
+
+    def __del__(self) -> None:
+        # A writer dropped without being finished or discarded (library use
+        # outside a with block) must not keep a descriptor and a temp file.
+        with contextlib.suppress(AttributeError):  # __init__ failed
+            self.discard()
+
     def write(self, data: bytes | memoryview) -> None:
         if self._descriptor is None:
             raise ValueError("the staged file is closed")
@@ -253,7 +267,7 @@ class StagedFile:
             if self._descriptor is not None:
                 descriptor, self._descriptor = self._descriptor, None
                 try:
-                    fsync(descriptor)
+                    fsync(descriptor, str(self._temp))
                 except BaseException:
                     with contextlib.suppress(OSError):
                         os.close(descriptor)

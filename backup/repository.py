@@ -551,6 +551,7 @@ class Repository:
         except FileExistsError:
             pass
         if self._holds(name, size, digest):
+            self._make_name_durable(name)
             return size
         return self.storage.put(name, pieces)
 
@@ -562,10 +563,18 @@ class Repository:
             except FileExistsError:
                 pass
             if self._holds(name, staged.size, digest):
+                self._make_name_durable(name)
                 return staged.size
             return staged.publish(name)
         finally:
             staged.discard()
+
+    def _make_name_durable(self, name: str) -> None:
+        """fsync the folder of a name found already present: a writer killed between
+        linking it and syncing its folder leaves a name a power loss could still take."""
+        sync = getattr(self.storage, "sync_folder_of", None)
+        if sync is not None:
+            sync(name)
 
     def _holds(self, name: str, size: int, digest: str) -> bool:
         """True if the object ``name`` holds ``size`` bytes hashing to ``digest``."""
@@ -951,6 +960,7 @@ class ChunkWriter:
         self._pending_bytes = 0
         self._pending_ids: set[str] = set()
         self._run_broken = False
+        self._failed = False
         # Compression (and sealing) runs on worker threads: zstd and AES-GCM
         # release the GIL, so it overlaps reading and hashing on the other cores.
         # Frames are placed in the order they were closed, whichever worker built them.
@@ -1097,10 +1107,27 @@ class ChunkWriter:
         Waits for the oldest frame while more than FRAMES_IN_FLIGHT are queued
         (or for every frame when ``wait_for_all``); a worker's exception is raised here.
         """
-        while self._in_flight and (wait_for_all or self._in_flight[0].done() or len(self._in_flight) > FRAMES_IN_FLIGHT):
-            self._place(self._in_flight.popleft().result())
-            if self._pack_bytes >= PACK_TARGET_BYTES:
-                self._write_pack()
+        with self._failing_for_good():
+            while self._in_flight and (wait_for_all or self._in_flight[0].done() or len(self._in_flight) > FRAMES_IN_FLIGHT):
+                self._place(self._in_flight.popleft().result())
+                if self._pack_bytes >= PACK_TARGET_BYTES:
+                    self._write_pack()
+
+    @contextlib.contextmanager
+    def _failing_for_good(self) -> Iterator[None]:
+        """Refuse all further work once a frame or pack failed.
+
+        After a failure the pack being assembled no longer matches its entries and
+        digest; carrying on could publish and index a pack without the frames it
+        lists. Every caller aborts on the error anyway; this makes it a rule.
+        """
+        if self._failed:
+            raise StorageError("this chunk writer failed earlier and can store nothing more; run the operation again")
+        try:
+            yield
+        except BaseException:
+            self._failed = True
+            raise
 
     def _place(self, frame: Frame) -> None:
         """Append a frame to the pack being assembled; only its entries stay in memory.
@@ -1127,8 +1154,9 @@ class ChunkWriter:
             return
         entries = bytes(self._pack_entries)  # for the header and the index rows
         header = self.repository.pack_header(entries)
-        self._pack_digest.update(header)
-        pack_id = self._pack_digest.hexdigest()
+        digest = self._pack_digest.copy()
+        digest.update(header)
+        pack_id = digest.hexdigest()
         name = pack_name(pack_id)
         staged = self._staged
         if staged is not None:
@@ -1158,10 +1186,11 @@ class ChunkWriter:
             self._place_ready_frames(wait_for_all=True)
         finally:
             self._stop_worker()
-        self._write_pack()
-        if self._written:
-            self.repository._write_index_file(encode_index_rows(self._written, held=self.index))
-            self._written = {}
+        with self._failing_for_good():
+            self._write_pack()
+            if self._written:
+                self.repository._write_index_file(encode_index_rows(self._written, held=self.index))
+                self._written = {}
         self._pending_ids.clear()
 
     def __enter__(self) -> ChunkWriter:

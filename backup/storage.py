@@ -130,7 +130,7 @@ class LocalStaged:
         try:
             self._staged.write(data)
         except OSError as error:
-            raise describe_os_error("write", self._storage.location, error) from error
+            raise describe_os_error("write", self._staged.path or self._storage.location, error) from error
 
     def publish(self, name: str, *, exclusive: bool = False) -> int:
         """As ``put`` would store the bytes written; FileExistsError keeps them staged (see fsio.StagedFile)."""
@@ -167,6 +167,14 @@ class LocalStorage:
             raise
         except OSError as error:
             raise describe_os_error("write", path, error) from error
+
+    def sync_folder_of(self, name: str) -> None:
+        """fsync the directory holding ``name``, so that its entry survives a power loss."""
+        path = self._path(name)
+        try:
+            fsio.fsync_dir(path.parent)
+        except OSError as error:
+            raise describe_os_error("sync", path.parent, error) from error
 
     def stage(self, folder: str) -> LocalStaged:
         """An object to write piece by piece, then publish under its name (``LocalStaged``).

@@ -165,3 +165,19 @@ def test_ids_at_the_edges_of_the_prefix_buckets_are_found_and_absent_ones_are_no
     assert index.held_flags([bytes.fromhex(chunk_id) for chunk_id in absent], usable) == [False] * len(absent)
     assert all(index.held_in(chunk_id, {_pack(1)}) for chunk_id in stored)
     assert [index.first_location(chunk_id) is not None for chunk_id in stored + absent] == [True] * len(stored) + [False] * len(absent)
+
+
+def test_rows_waiting_to_be_sorted_stay_findable_when_the_sort_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(chunk_index, "_MERGE_AT_LEAST", 10**9)
+    index = Index()
+    stored = [_id(number) for number in range(40)]
+    index.add_pack(_pack(1), 1000, [_entry(chunk_id, position) for position, chunk_id in enumerate(stored)])
+
+    def no_memory(*_arguments, **_keywords):
+        raise MemoryError
+
+    monkeypatch.setattr(chunk_index, "_bucket_starts", no_memory)
+    with pytest.raises(MemoryError):
+        index._sort()
+    assert all(chunk_id in index for chunk_id in stored)
+    assert index.held_flags([bytes.fromhex(chunk_id) for chunk_id in stored], {bytes.fromhex(_pack(1))}) == [True] * len(stored)

@@ -157,3 +157,25 @@ def test_unchecked_file_read_of_a_chunk_missing_from_the_index_names_it(tmp_path
     monkeypatch.setattr(repository, "leaf_lists_of", lambda *_, **__: iter([forged, *lists[1:]]))
     with pytest.raises(CorruptData, match=foreign.hex()):
         b"".join(bytes(piece) for piece in repository.read_file_unchecked(entry.chunk_lists, levels=entry.chunk_list_levels))
+
+
+def test_a_writer_whose_pack_failed_refuses_to_finish_and_publishes_nothing(tmp_path, make_settings):
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / "small.bin").write_bytes(b"first")
+    settings = make_settings(root, include=["small.bin"])
+    create_backup(settings)
+    packs_before = _pack_files(settings)
+    repository = Repository.open(LocalStorage(settings.repository))
+    chunks = [random.Random(number).randbytes(CHUNK) for number in range(2 * FRAME_TARGET_BYTES // CHUNK)]
+    with repository.writer() as writer:
+        writer.set_compression_level(0)
+        with inject(FaultPlan(fail_op="write", fail_errno=errno.EIO, fail_at=1)), pytest.raises(StorageError):
+            for chunk in chunks:
+                writer.add(hashlib.sha256(chunk).hexdigest(), chunk)
+            writer.finish()
+        with pytest.raises(StorageError, match="failed earlier"):
+            writer.finish()  # once more, with the disk healthy: the half-built pack must not be published
+    assert _pack_files(settings) == packs_before
+    assert not list(settings.repository.rglob(".dbkeep-tmp-*"))
+    assert verify_backup(settings, read_data=True).ok

@@ -84,8 +84,8 @@ def seam_events(sequence: list[tuple[str, str]]) -> list[Event]:
     """Turn a seam recording into events.
 
     The seam names the temp file when it is created and the destination when
-    it is published; a write or fsync belongs to the temp created last (writes
-    to one temp run in sequence), and a publish takes the newest unpublished
+    it is published; an fsync names its file, or else belongs to the temp
+    created last (writes to one temp run in sequence), and a publish takes the newest unpublished
     temp of the destination's directory (temps are created beside their
     destination), or else of its parent (a pack is staged in packs/ while its
     frames are written, then published into its packs/xx/ folder).
@@ -98,7 +98,7 @@ def seam_events(sequence: list[tuple[str, str]]) -> list[Event]:
             current_temp = target
             temps.setdefault(os.path.dirname(target), []).append(target)
         elif op == "fsync":
-            events.append(Event("fsync", current_temp))
+            events.append(Event("fsync", target or current_temp))
         elif op == "fsync_dir":
             events.append(Event("fsync", target))
         elif op in ("link", "replace"):
@@ -124,6 +124,24 @@ def test_seam_shows_create_publishes_data_then_index_then_manifest(project) -> N
         assert order_problems(events, repository) == []
         assert manifest_after_data_problems(events, repository) == []
     assert sum(_kind(event.path, repository) == "packs" for event in second if event.kind == "publish") >= 1
+
+
+def test_a_pack_found_already_published_has_its_folder_synced_before_it_is_indexed(project) -> None:
+    """A writer killed after linking a pack but before syncing its folder leaves a
+    name a power loss may still take; the next backup that finds it must sync it."""
+    project.backup()
+    for index_file in (project.repository / "index").iterdir():
+        index_file.unlink()  # the next backup writes the same packs again, by name
+    packs_before = sorted(path.relative_to(project.repository) for path in (project.repository / "packs").rglob("*") if path.is_file())
+    sequence = _recorded(lambda: backup.create_backup(project.settings))
+    repository = str(project.repository)
+    pack_folders = {str(project.repository / folder.parent) for folder in packs_before}
+    synced = [position for position, (op, target) in enumerate(sequence) if op == "fsync_dir" and target in pack_folders]
+    refused = [position for position, (op, target) in enumerate(sequence) if op == "link" and "/packs/" in target]
+    index_written = min(position for position, (op, target) in enumerate(sequence) if op in ("link", "replace") and _kind(target, repository) == "index")
+    assert refused, "the backup must have met its packs already published for this test to mean anything"
+    assert pack_folders <= {sequence[position][1] for position in synced if position < index_written}
+    assert backup.verify_backup(project.settings, read_data=True).ok
 
 
 def test_seam_shows_restore_and_clean_publish_only_fsynced_files(project) -> None:
