@@ -58,6 +58,27 @@ def _bucket_starts(keys: array) -> tuple[int, array]:
     return shift, starts
 
 
+def split_ids(data: bytes) -> list[bytes]:
+    """A chunk list's bytes as its raw 32-byte ids (the caller checked the length)."""
+    return [data[position : position + 32] for position in range(0, len(data), 32)]
+
+
+def hex_ids(data: bytes) -> list[str]:
+    """A chunk list's bytes as its ids in hex."""
+    return [raw.hex() for raw in split_ids(data)]
+
+
+def add_location_run(location: ChunkLocation, runs: list[list]) -> int:
+    """``Index.add_runs`` for one chunk given by its location (a copy other than its first)."""
+    entry = location.entry
+    last = runs[-1] if runs else None
+    if last is not None and last[0] == location.pack_id and last[1].frame_offset == entry.frame_offset and last[3] == entry.offset_in_frame:
+        last[3] = entry.offset_in_frame + entry.length
+    else:
+        runs.append([location.pack_id, entry, entry.offset_in_frame, entry.offset_in_frame + entry.length])
+    return entry.length
+
+
 def _without_size(row: bytes) -> bytes:
     """A row but for its pack size: what says where the chunk is."""
     return row[:32] + row[40:]
@@ -290,7 +311,7 @@ class Index:
         )
         return self._pack_hex[raw_pack_id], entry
 
-    def _location(self, row: int, chunk_id: str | None = None) -> ChunkLocation:
+    def location_of(self, row: int, chunk_id: str | None = None) -> ChunkLocation:
         pack_id, entry = self._entry(row, chunk_id)
         return ChunkLocation(pack_id=pack_id, entry=entry)
 
@@ -306,68 +327,24 @@ class Index:
             rows = self._rows_of(chunk_id)
             if not rows:
                 return None
-            location = self._location(rows[0], chunk_id)
+            location = self.location_of(rows[0], chunk_id)
             if len(cache) >= _KEPT_ANSWERS:
                 cache.clear()
             cache[chunk_id] = location
         return location
 
     def held_in(self, chunk_id: str, packs: set[str]) -> bool:
-        """True if a pack in ``packs`` holds the chunk: the writer's question, asked once per chunk.
-
-        An unknown chunk is answered from the prefix alone, without decoding the id.
-        """
-        prefix = int(chunk_id[:16], 16)
-        keys, order, rows, pack_hex, starts = self._keys, self._order, self._rows, self._pack_hex, self._starts
-        bucket = prefix >> self._shift
-        end = starts[bucket + 1]
-        position = bisect.bisect_left(keys, prefix, starts[bucket], end)
-        raw = None
-        while position < end and keys[position] == prefix:
-            start = order[position] * ROW.size
-            if raw is None:
-                raw = bytes.fromhex(chunk_id)
-            if rows[start + _CHUNK_ID_AT : start + _CHUNK_ID_AT + 32] == raw and pack_hex[bytes(rows[start : start + 32])] in packs:
-                return True
-            position += 1
-        if prefix not in self._recent:
-            return False
-        return any(pack_id in packs for pack_id in self.packs_holding(chunk_id))
+        """True if a pack in ``packs`` holds the chunk (``held_flags`` for one hex id and hex pack ids)."""
+        return self._first_rows((bytes.fromhex(chunk_id),), {bytes.fromhex(pack_id) for pack_id in packs})[0] >= 0
 
     def held_flags(self, raw_ids: Iterable[bytes], raw_packs: set[bytes]) -> list[bool]:
-        """``held_in`` for each of a batch of raw 32-byte chunk ids, against raw pack ids.
+        """For each raw 32-byte chunk id: does a pack in ``raw_packs`` (raw pack ids) hold it?
 
         The writer asks this once per batch for every chunk of a file (262,144 of them
         for a 1 GiB database), so it takes the digests as hashed and the packs as
-        stored in the rows: no hex text is made or parsed, and a row's pack is looked
-        up by its raw id. About 1.5 times as fast as ``held_in`` chunk by chunk.
+        stored in the rows: no hex text is made or parsed.
         """
-        keys, order, rows, recent, starts, shift = self._keys, self._order, self._rows, self._recent, self._starts, self._shift
-        size = ROW.size
-        first_of = bisect.bisect_left
-        number = int.from_bytes
-        flags: list[bool] = []
-        for raw in raw_ids:
-            prefix = number(raw[:8], "big")
-            held = False
-            bucket = prefix >> shift
-            end = starts[bucket + 1]
-            position = first_of(keys, prefix, starts[bucket], end)
-            while position < end and keys[position] == prefix:
-                start = order[position] * size
-                if rows[start + _CHUNK_ID_AT : start + _CHUNK_ID_AT + 32] == raw and bytes(rows[start : start + 32]) in raw_packs:
-                    held = True
-                    break
-                position += 1
-            if not held and prefix in recent:
-                waiting = recent[prefix]
-                for row in (waiting,) if isinstance(waiting, int) else waiting:
-                    start = row * size
-                    if rows[start + _CHUNK_ID_AT : start + _CHUNK_ID_AT + 32] == raw and bytes(rows[start : start + 32]) in raw_packs:
-                        held = True
-                        break
-            flags.append(held)
-        return flags
+        return [row >= 0 for row in self._first_rows(raw_ids, raw_packs)]
 
     def first_rows(self, raw_ids: bytes) -> list[int]:
         """For each 32-byte id of ``raw_ids`` (a chunk list's bytes), the row of its first copy, or -1.
@@ -375,29 +352,36 @@ class Index:
         The row ``first_location`` would answer from, for readers that only need
         where the bytes are (``add_runs``): no text and no objects per chunk.
         """
+        return self._first_rows(split_ids(raw_ids), None)
+
+    def _first_rows(self, raw_ids: Iterable[bytes], raw_packs: set[bytes] | None) -> list[int]:
+        """For each raw id, its oldest row (in one of ``raw_packs``, when given), or -1.
+
+        Equal prefixes are sorted in row order and rows waiting in ``_recent`` are
+        newer than every sorted one, so the first match found is the oldest.
+        """
         keys, order, rows, recent, starts, shift = self._keys, self._order, self._rows, self._recent, self._starts, self._shift
-        size = ROW.size
+        size, id_at, id_end = ROW.size, _CHUNK_ID_AT, _CHUNK_ID_AT + 32
         first_of = bisect.bisect_left
         number = int.from_bytes
         found: list[int] = []
-        for at in range(0, len(raw_ids), 32):
-            raw = raw_ids[at : at + 32]
+        for raw in raw_ids:
             prefix = number(raw[:8], "big")
             row = -1
             bucket = prefix >> shift
             end = starts[bucket + 1]
             position = first_of(keys, prefix, starts[bucket], end)
             while position < end and keys[position] == prefix:
-                start = order[position] * size + _CHUNK_ID_AT
-                if rows[start : start + 32] == raw:
-                    row = order[position]  # equal prefixes are in row order: the first match is the oldest
+                start = order[position] * size
+                if rows[start + id_at : start + id_end] == raw and (raw_packs is None or bytes(rows[start : start + 32]) in raw_packs):
+                    row = order[position]
                     break
                 position += 1
-            if row < 0 and prefix in recent:  # recent rows are newer than every sorted one
+            if row < 0 and prefix in recent:
                 waiting = recent[prefix]
                 for candidate in (waiting,) if isinstance(waiting, int) else waiting:
-                    start = candidate * size + _CHUNK_ID_AT
-                    if rows[start : start + 32] == raw:
+                    start = candidate * size
+                    if rows[start + id_at : start + id_end] == raw and (raw_packs is None or bytes(rows[start : start + 32]) in raw_packs):
                         row = candidate
                         break
             found.append(row)
@@ -407,9 +391,6 @@ class Index:
         """(pack id, frame offset) of a row: the frame that holds its chunk."""
         raw_pack, frame_offset, _, _ = _RUN_PLACE.unpack_from(self._rows, row * ROW.size)
         return self._pack_hex[raw_pack], frame_offset
-
-    def location_of(self, row: int) -> ChunkLocation:
-        return self._location(row)
 
     def add_runs(self, rows: Iterable[int], runs: list[list]) -> int:
         """Append the chunks of ``rows`` to ``runs``, joining each to the run before when adjacent in one frame.
@@ -439,7 +420,7 @@ class Index:
 
     def all_locations(self, chunk_id: str) -> list[ChunkLocation]:
         """Every copy of the chunk (one per pack), the first stored first."""
-        return [self._location(row, chunk_id) for row in self._rows_of(chunk_id)]
+        return [self.location_of(row, chunk_id) for row in self._rows_of(chunk_id)]
 
     def __contains__(self, chunk_id: object) -> bool:
         return isinstance(chunk_id, str) and bool(self._rows_of(chunk_id))
@@ -461,13 +442,13 @@ class Index:
                 by_id.setdefault(bytes(rows[start : start + 32]), []).append(row)
             for raw, chunk_rows in sorted(by_id.items()):
                 chunk_id = raw.hex()
-                yield chunk_id, [self._location(row, chunk_id) for row in chunk_rows]
+                yield chunk_id, [self.location_of(row, chunk_id) for row in chunk_rows]
             position = stop
 
     def every_location(self) -> Iterator[ChunkLocation]:
         """Every stored copy of every chunk, in the order the rows were added."""
         for row in range(self._count):
-            yield self._location(row)
+            yield self.location_of(row)
 
     def row_ranges(self) -> tuple[dict[str, list[range]], dict[tuple[str, int], list[range]]]:
         """The rows of each pack and of each (pack, frame offset), as runs of row numbers.

@@ -24,6 +24,7 @@ from pathlib import Path
 import pathspec
 
 from . import fsio, locking, progress, servers
+from .chunk_index import split_ids
 from .chunking import content_defined_chunks
 from .crypto import passphrase_from_environment
 from .errors import (
@@ -299,7 +300,7 @@ def _reuse_unchanged(repository: Repository, writer, item: SelectedFile, stamp: 
     try:
         for leaf in repository.leaf_lists_of(previous.chunk_lists, levels=previous.chunk_list_levels, list_ids=list_ids):
             count += len(leaf) // 32
-            if not all(writer.stored_flags([leaf[position : position + 32] for position in range(0, len(leaf), 32)])):
+            if not all(writer.stored_flags(split_ids(leaf))):
                 return None
     except CorruptData:
         return None

@@ -155,12 +155,7 @@ def compress_frame(chunks: Sequence[tuple[str, bytes]], compressor: zstandard.Zs
     if compressor is not None:
         compressed = compressor.compress(raw)
         if len(compressed) < len(raw):
-            # zstandard returns the output in a buffer sized for the worst case (the
-            # input's size and more) and does not shrink it: a 4 MiB frame that
-            # compresses to 400 KiB would hold 4 MiB of address space while its
-            # pack fills (16 frames of text at once). A copy of the exact size lets
-            # that buffer go; the untouched part never counted in RSS.
-            return Frame(data=memoryview(compressed).tobytes(), compression=COMPRESSION_ZSTD, chunks=tuple(placed))
+            return Frame(data=compressed, compression=COMPRESSION_ZSTD, chunks=tuple(placed))
     return Frame(data=raw, compression=COMPRESSION_NONE, chunks=tuple(placed))
 
 

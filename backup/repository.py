@@ -31,7 +31,7 @@ import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import zstandard
@@ -50,7 +50,7 @@ from .errors import (
     SnapshotNotFound,
     StorageError,
 )
-from .chunk_index import ChunkLocation, Index, encode_rows
+from .chunk_index import ChunkLocation, Index, encode_rows, hex_ids
 from .manifest import MAX_CHUNK_LIST_LEVELS, MAX_MANIFEST_BYTES, Snapshot, check_snapshot_id, seal, unseal
 from .pack import Frame, PackEntry, check_id
 from .storage import LocalStorage, Staged, Storage, describe_os_error
@@ -776,8 +776,7 @@ class Repository:
 
     def read_chunk_list(self, list_id: str) -> list[str]:
         """The ids one chunk list holds, in order (data chunk ids or, above the leaves, list ids)."""
-        data = self._read_raw_list(list_id)
-        return [data[position : position + 32].hex() for position in range(0, len(data), 32)]
+        return hex_ids(self._read_raw_list(list_id))
 
     def _read_raw_list(self, list_id: str) -> bytes:
         data = self.read_chunk(list_id)
@@ -793,7 +792,7 @@ class Repository:
         that is read is added to it (prune and copy must keep the inner lists).
         """
         for leaf in self.leaf_lists_of(chunk_lists, levels=levels, list_ids=list_ids):
-            yield from (leaf[position : position + 32].hex() for position in range(0, len(leaf), 32))
+            yield from hex_ids(leaf)
 
     def leaf_lists_of(self, chunk_lists: Iterable[str], *, levels: int, list_ids: set[str] | None = None) -> Iterator[bytes]:
         """``chunk_ids_of`` a leaf list at a time, as its raw 32-byte ids joined.
@@ -810,8 +809,7 @@ class Repository:
             if levels == 1:
                 yield data
             else:
-                ids = [data[position : position + 32].hex() for position in range(0, len(data), 32)]
-                yield from self.leaf_lists_of(ids, levels=levels - 1, list_ids=list_ids)
+                yield from self.leaf_lists_of(hex_ids(data), levels=levels - 1, list_ids=list_ids)
 
     def read_file_chunks(self, chunk_lists: Iterable[str], *, levels: int) -> Iterator[bytes]:
         yield from self.read_chunks(self.chunk_ids_of(chunk_lists, levels=levels))
@@ -842,12 +840,12 @@ class Repository:
                 raise CorruptChunk(f"chunk {leaf[missing : missing + 32].hex()} is not in the index: its data is missing from the repository")
             batch_bytes += index.add_runs(rows, runs)
             if batch_bytes >= READ_BATCH_BYTES:
-                yield from self.read_built_runs(runs)
+                yield from self.read_runs(runs)
                 runs, batch_bytes = [], 0
-        yield from self.read_built_runs(runs)
+        yield from self.read_runs(runs)
 
-    def read_runs(self, locations: Sequence[ChunkLocation]) -> Iterator[bytes | memoryview]:
-        """The located chunks' bytes in order, unchecked, as runs of chunks adjacent in one frame.
+    def read_runs(self, runs: list[list]) -> Iterator[bytes | memoryview]:
+        """The bytes of ``runs`` (chunks adjacent in one frame, as Index.add_runs builds them) in order, unchecked.
 
         Frames are read in pack order, each once per call, so chunks stored out of
         file order (pages a VACUUM moved) cost one decompression per frame, not one
@@ -856,18 +854,6 @@ class Repository:
         runs already come frame by frame in order (the usual case), each is a view
         into its frame, yielded as soon as the frame is read.
         """
-        runs: list[list] = []  # [pack id, entry of the first chunk, start, end]
-        for location in locations:
-            entry = location.entry
-            last = runs[-1] if runs else None
-            if last is not None and last[0] == location.pack_id and last[1].frame_offset == entry.frame_offset and last[3] == entry.offset_in_frame:
-                last[3] = entry.offset_in_frame + entry.length
-            else:
-                runs.append([location.pack_id, entry, entry.offset_in_frame, entry.offset_in_frame + entry.length])
-        yield from self.read_built_runs(runs)
-
-    def read_built_runs(self, runs: list[list]) -> Iterator[bytes | memoryview]:
-        """``read_runs`` once the runs are built ([pack id, entry of the first chunk, start, end], Index.add_runs)."""
         if _frames_fit_cache(runs):
             yield from self._stream_runs(runs)
             return
@@ -946,9 +932,9 @@ class ChunkWriter:
         # A chunk counts as stored only if its pack is present at the indexed size,
         # so a lost or truncated pack is written again rather than referenced.
         present = {info.name.rsplit("/", 1)[-1]: info.size for info in repository.storage.list("packs")}
-        self._usable_packs = {pack_id for pack_id, size in self.index.pack_sizes.items() if present.get(pack_id) == size}
-        self._usable_packs -= set(ignore_packs)
-        self._usable_raw = {bytes.fromhex(pack_id) for pack_id in self._usable_packs}
+        ignored = set(ignore_packs)
+        #: Raw ids of the packs whose chunks count as stored (as the index rows hold them).
+        self._usable_packs = {bytes.fromhex(pack_id) for pack_id, size in self.index.pack_sizes.items() if present.get(pack_id) == size and pack_id not in ignored}
         #: Every pack this writer published, with its entries, when ``keep_entries``
         #: (prune's repack needs them; a backup does not keep an object per chunk).
         self.packs_written: dict[str, tuple[int, list[PackEntry]]] = {}
@@ -966,15 +952,7 @@ class ChunkWriter:
         # Frames are placed in the order they were closed, whichever worker built them.
         self._executor: ThreadPoolExecutor | None = None
         self._in_flight: collections.deque[Future[Frame]] = collections.deque()
-        # The pack being assembled: its frames go to a staged file as they are
-        # placed (into memory when the storage cannot stage), their entries here.
-        self._staged: Staged | None = None
-        self._pack_pieces: list[bytes] = []
-        self._pack_digest = hashlib.sha256()
-        self._pack_entries = bytearray()
-        self._pack_chunk_ids: list[str] = []
-        self._pack_kept: list[PackEntry] = []
-        self._pack_bytes = 0
+        self._pack: _PackBeingBuilt | None = None
         #: Pack id -> its index rows, or the numbers of those rows in the index.
         self._written: dict[str, bytes | range] = {}
         self.stored_bytes = 0
@@ -985,7 +963,7 @@ class ChunkWriter:
     def has(self, chunk_id: str) -> bool:
         if chunk_id in self._pending_ids:
             return True
-        return self.index.held_in(chunk_id, self._usable_packs)
+        return self.index.held_flags((bytes.fromhex(chunk_id),), self._usable_packs)[0]
 
     def reuse(self, chunk_id: str) -> bool:
         """True if the repository has the chunk, which then counts as reused in the stream.
@@ -1048,7 +1026,7 @@ class ChunkWriter:
         the same batch may be it), so False is checked again through ``add``;
         True stays true (packs are not removed while a writer runs).
         """
-        return self.index.held_flags(raw_ids, self._usable_raw)
+        return self.index.held_flags(raw_ids, self._usable_packs)
 
     def add_chunk_tree(self, chunk_ids: Sequence[str] | bytes | bytearray) -> tuple[list[str], int]:
         """Store a file's chunk ids as a chunk list tree; returns (the manifest's list ids, levels).
@@ -1110,7 +1088,7 @@ class ChunkWriter:
         with self._failing_for_good():
             while self._in_flight and (wait_for_all or self._in_flight[0].done() or len(self._in_flight) > FRAMES_IN_FLIGHT):
                 self._place(self._in_flight.popleft().result())
-                if self._pack_bytes >= PACK_TARGET_BYTES:
+                if self._pack is not None and self._pack.size >= PACK_TARGET_BYTES:
                     self._write_pack()
 
     @contextlib.contextmanager
@@ -1135,49 +1113,50 @@ class ChunkWriter:
         Holding a pack's frames until it is written cost up to PACK_TARGET_BYTES at
         the peak of every backup.
         """
-        placed = [(self._pack_bytes, frame)]
-        self._pack_entries += packformat.encode_entries(placed)
+        if self._pack is None:
+            self._pack = _PackBeingBuilt(staged=self.repository.stage("packs"))
+        pack = self._pack
+        placed = [(pack.size, frame)]
+        pack.entries += packformat.encode_entries(placed)
         if self._keep_entries:
-            self._pack_kept += packformat.header_entries(placed)
-        self._pack_chunk_ids += [chunk_id for chunk_id, _, _ in frame.chunks]
-        self._pack_digest.update(frame.data)
-        if self._staged is None and not self._pack_pieces:
-            self._staged = self.repository.stage("packs")
-        if self._staged is not None:
-            self._staged.write(frame.data)
+            pack.kept += packformat.header_entries(placed)
+        pack.chunk_ids += [chunk_id for chunk_id, _, _ in frame.chunks]
+        pack.digest.update(frame.data)
+        if pack.staged is not None:
+            pack.staged.write(frame.data)
         else:
-            self._pack_pieces.append(frame.data)
-        self._pack_bytes += len(frame.data)
+            # zstandard hands the frame back in a buffer sized for the worst case
+            # and never shrinks it; held with 15 more until the pack is written, a
+            # copy of the exact size lets that address space go.
+            pack.pieces.append(memoryview(frame.data).tobytes())
+        pack.size += len(frame.data)
 
     def _write_pack(self) -> None:
-        if not self._pack_chunk_ids:
+        pack = self._pack
+        if pack is None:
             return
-        entries = bytes(self._pack_entries)  # for the header and the index rows
+        entries = bytes(pack.entries)  # for the header and the index rows
         header = self.repository.pack_header(entries)
-        digest = self._pack_digest.copy()
+        digest = pack.digest.copy()
         digest.update(header)
         pack_id = digest.hexdigest()
         name = pack_name(pack_id)
-        staged = self._staged
-        if staged is not None:
-            staged.write(header)
-            self._staged = None  # published or discarded by the call below, whatever happens
-            size = self.repository.publish_content_addressed(name, staged, pack_id)
+        if pack.staged is not None:
+            pack.staged.write(header)
+            size = self.repository.publish_content_addressed(name, pack.staged, pack_id)  # published or discarded
         else:
-            size = self.repository.put_content_addressed(name, [*self._pack_pieces, header], pack_id)
+            size = self.repository.put_content_addressed(name, [*pack.pieces, header], pack_id)
+        self._pack = None
         rows = _index_rows(pack_id, size, entries)
         if self._keep_entries:
-            self.packs_written[pack_id] = (size, self._pack_kept)
+            self.packs_written[pack_id] = (size, pack.kept)
         added = self.index.add_rows(rows)
         # The index holds the rows now; refer to them there rather than keep a copy.
         self._written[pack_id] = added if len(added) * INDEX_ROW.size == len(rows) else rows
-        self._usable_packs.add(pack_id)
-        self._usable_raw.add(bytes.fromhex(pack_id))
+        self._usable_packs.add(bytes.fromhex(pack_id))
         # Indexed now: the pending set only needs the chunks not yet in a pack.
-        self._pending_ids.difference_update(self._pack_chunk_ids)
+        self._pending_ids.difference_update(pack.chunk_ids)
         self.stored_bytes += size
-        self._pack_pieces, self._pack_digest, self._pack_entries = [], hashlib.sha256(), bytearray()
-        self._pack_chunk_ids, self._pack_kept, self._pack_bytes = [], [], 0
 
     def finish(self) -> None:
         """Make every queued chunk durable and indexed (data first, then the index)."""
@@ -1202,9 +1181,9 @@ class ChunkWriter:
     def discard(self) -> None:
         """Drop what ``finish`` did not make durable: the workers and a half-written pack (nothing was referenced)."""
         self._stop_worker()
-        if self._staged is not None:
-            self._staged.discard()
-            self._staged = None
+        if self._pack is not None and self._pack.staged is not None:
+            self._pack.staged.discard()
+        self._pack = None
 
     def _stop_worker(self) -> None:
         if self._executor is not None:
@@ -1213,6 +1192,20 @@ class ChunkWriter:
             self._in_flight.clear()
             self._executor.shutdown(wait=True)
             self._executor = None
+
+
+@dataclass(slots=True)
+class _PackBeingBuilt:
+    """The pack a writer is assembling: its frames in a staged file (or in memory
+    when the storage cannot stage), their header entries and running hash here."""
+
+    staged: Staged | None
+    pieces: list[bytes] = field(default_factory=list)
+    digest: hashlib._Hash = field(default_factory=hashlib.sha256)
+    entries: bytearray = field(default_factory=bytearray)
+    chunk_ids: list[str] = field(default_factory=list)
+    kept: list[PackEntry] = field(default_factory=list)
+    size: int = 0  # bytes of frames placed so far: the next frame's offset
 
 
 def _index_rows(pack_id: str, size: int, entries: bytes) -> bytes:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from . import pack as packformat
 from . import progress
+from .chunk_index import add_location_run, hex_ids, split_ids
 from .errors import CorruptData, StorageError
 from .manifest import FileEntry, Snapshot
 from .pack import PackEntry
@@ -266,8 +267,7 @@ def _leaf_lists(repository: Repository, list_ids: Sequence[str], levels: int, st
         if levels == 1:
             yield list_id, data
         else:
-            text = data.hex()
-            yield from _leaf_lists(repository, [text[position : position + 64] for position in range(0, len(text), 64)], levels - 1, state)
+            yield from _leaf_lists(repository, hex_ids(data), levels - 1, state)
 
 
 def _check_structure(repository: Repository, snapshot: Snapshot, entry: FileEntry, state: _State, report: VerifyReport) -> bool:
@@ -282,7 +282,7 @@ def _check_structure(repository: Repository, snapshot: Snapshot, entry: FileEntr
     sound = state.sound_lists
     try:
         for list_id, leaf in _leaf_lists(repository, entry.chunk_lists, entry.chunk_list_levels, state):
-            raw_ids = [leaf[position : position + 32] for position in range(0, len(leaf), 32)]
+            raw_ids = split_ids(leaf)
             count += len(raw_ids)
             if list_id in sound:
                 continue
@@ -401,7 +401,7 @@ def _pieces(repository: Repository, entry: FileEntry, state: _State) -> Iterator
                 location = index.location_of(row)
                 if (location.pack_id, location.entry.chunk_id) in damaged:
                     location = _intact_copy(repository, leaf[position * 32 : position * 32 + 32].hex(), state)
-                    batch_bytes += _add_location_run(location, runs)
+                    batch_bytes += add_location_run(location, runs)
                 else:
                     batch_bytes += index.add_runs((row,), runs)
         if batch_bytes >= READ_BATCH_BYTES:
@@ -410,20 +410,9 @@ def _pieces(repository: Repository, entry: FileEntry, state: _State) -> Iterator
     yield from _read_runs(repository, runs)
 
 
-def _add_location_run(location: ChunkLocation, runs: list[list]) -> int:
-    """Index.add_runs for a chunk given by its location (another copy than its first)."""
-    entry = location.entry
-    last = runs[-1] if runs else None
-    if last is not None and last[0] == location.pack_id and last[1].frame_offset == entry.frame_offset and last[3] == entry.offset_in_frame:
-        last[3] = entry.offset_in_frame + entry.length
-    else:
-        runs.append([location.pack_id, entry, entry.offset_in_frame, entry.offset_in_frame + entry.length])
-    return entry.length
-
-
 def _read_runs(repository: Repository, runs: list[list]) -> Iterator[bytes | memoryview]:
     try:
-        yield from repository.read_built_runs(runs)
+        yield from repository.read_runs(runs)
     except CorruptData as error:  # changed on disk since its check
         raise _Damage("corrupt-chunk", str(error), None) from error
 

@@ -30,8 +30,7 @@ from typing import Any
 from backup.errors import ConfigError
 from backup.prune import PruneOptions
 from backup.retention import RetentionPolicy
-from backup.settings import parse_boolean
-from backup.settings import EXTERNAL_SECTIONS, Settings, config_defaults, settings_from_mapping, to_plain
+from backup.settings import EXTERNAL_SECTIONS, Settings, config_defaults, parse_boolean, settings_from_mapping, to_plain
 
 EVENTS = ("start", "success", "failure")
 
