@@ -6,11 +6,13 @@ and checks the files; docs/format.md specifies them).
 
 A repository of a 1 GiB database holds about 262,000 chunks of 4 KiB, and every
 backup, verify and restore loads the whole index. A dict of per-chunk objects cost
-about 380 bytes a chunk (100 MiB at that size, and a second of building); here the
-index files' own 93-byte rows sit in one bytearray, ordered by an array of 8-byte id
-prefixes: about 105 bytes a chunk, built without an object per row. Lookups bisect
-the prefix array, then compare the whole id, so two ids sharing a prefix are told
-apart. ``ChunkLocation`` objects are made only for the chunks a caller asks about.
+about 380 bytes a chunk (100 MiB at that size, and a second of building); here each
+index file row sits in one bytearray as a 57-byte held row (the pack's number among
+the packs held instead of its 32-byte id and 8-byte size, which every row of a pack
+repeats), ordered by an array of 8-byte id prefixes: about 69 bytes a chunk, built
+without an object per row. Lookups bisect the prefix array, then compare the whole
+id, so two ids sharing a prefix are told apart. ``ChunkLocation`` objects are made
+only for the chunks a caller asks about.
 """
 
 from __future__ import annotations
@@ -23,15 +25,23 @@ from dataclasses import dataclass
 
 from .pack import ENTRY, PackEntry
 
-#: One row: pack id, pack size, then a pack header entry (chunk id first).
+#: One row of an index file: pack id, pack size, then a pack header entry (chunk id first).
 ROW = struct.Struct("<32sQ" + ENTRY.format[1:])
-#: The chunk id's first 8 bytes, big-endian: the same number as ``int(chunk_id[:16], 16)``.
-_PREFIX = struct.Struct(">40xQ45x")
 _PACK_AND_SIZE = struct.Struct("<32sQ53x")
-_PACK_AND_FRAME = struct.Struct("<32s40xQ13x")
-_CHUNK_ID_AT = 40
-#: What a reader needs of a row: pack id, frame offset, offset in the frame, length.
-_RUN_PLACE = struct.Struct("<32s40xQ4xII1x")
+#: One row as held: the pack's number (``Index._packs``), then the pack header entry.
+HELD = struct.Struct("<I" + ENTRY.format[1:])
+#: Where the pack header entry starts in an index file row.
+_ENTRY_IN_ROW = 40
+#: The chunk id's first 8 bytes, big-endian: the same number as ``int(chunk_id[:16], 16)``.
+_PREFIX = struct.Struct(">4xQ45x")
+_PACK_AND_FRAME = struct.Struct("<I32xQ13x")
+_CHUNK_ID_AT = 4
+#: What a reader needs of a row: pack number, frame offset, offset in the frame, length.
+_RUN_PLACE = struct.Struct("<I32xQ4xII1x")
+#: Index file rows converted to held rows per step, so no list spans a whole file.
+_CONVERT_ROWS = 8192
+_SPLIT_ROW = struct.Struct("<32s8x53s")
+_SPLIT_HELD = struct.Struct("<I53s")
 #: Rows added one pack at a time (by a writer) wait in a small dict until there are
 #: this many, or half as many as are sorted already; then all are sorted together.
 _MERGE_AT_LEAST = 32768
@@ -79,11 +89,6 @@ def add_location_run(location: ChunkLocation, runs: list[list]) -> int:
     return entry.length
 
 
-def _without_size(row: bytes) -> bytes:
-    """A row but for its pack size: what says where the chunk is."""
-    return row[:32] + row[40:]
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ChunkLocation:
     pack_id: str
@@ -117,7 +122,7 @@ class Index:
     added (repository.decode_index_rows does).
     """
 
-    __slots__ = ("pack_sizes", "files", "problems", "locations", "_rows", "_count", "_keys", "_order", "_shift", "_starts", "_recent", "_pack_hex", "_lookups")
+    __slots__ = ("pack_sizes", "files", "problems", "locations", "_rows", "_count", "_keys", "_order", "_shift", "_starts", "_recent", "_pack_hex", "_packs", "_numbers", "_lookups")
 
     def __init__(self) -> None:
         self.pack_sizes: dict[str, int] = {}
@@ -136,6 +141,10 @@ class Index:
         # number, or a list of them when several share the prefix, oldest first.
         self._recent: dict[int, int | list[int]] = {}
         self._pack_hex: dict[bytes, str] = {}
+        # Pack number (as held rows give it) -> raw pack id, and raw pack id -> its
+        # number as the 4 bytes a held row starts with.
+        self._packs: list[bytes] = []
+        self._numbers: dict[bytes, bytes] = {}
         self._lookups: dict[str, ChunkLocation] = {}
 
     def __len__(self) -> int:
@@ -144,11 +153,8 @@ class Index:
 
     # -- adding ---------------------------------------------------------------------
 
-    def add_rows(self, rows: bytes | bytearray, *, adopt: bool = False) -> range:
-        """Add checked index rows (whole ROW.size records); returns the row numbers they got.
-
-        ``adopt=True`` lets the index keep a bytearray as its own storage instead
-        of copying it; the caller must not use it afterwards.
+    def add_rows(self, rows: bytes | bytearray | memoryview) -> range:
+        """Add checked index file rows (whole ROW.size records); returns the row numbers they got.
 
         A row already held (a pack listed again by a second index file, or
         written again with the same bytes) is not added twice. A pack listed again
@@ -156,38 +162,64 @@ class Index:
         added (every listed copy stays findable, as when the index files are
         merged) and the disagreement is recorded in ``problems``.
         """
+        first = self._count
+        self._append(rows, set())
+        return self._settle(first)
+
+    def add_file_rows(self, pieces: Iterable[bytes | bytearray | memoryview]) -> range:
+        """``add_rows`` for one index file's rows given in pieces of whole rows.
+
+        The rows are sorted (or made findable) once, after the last piece, so a
+        whole file is never held twice, as index file rows and as held rows.
+        """
+        first = self._count
+        fresh: set[bytes] = set()
+        for piece in pieces:
+            self._append(piece, fresh)
+        return self._settle(first)
+
+    def _append(self, rows: bytes | bytearray | memoryview, fresh: set[bytes]) -> None:
+        """Hold ``rows`` after the others; ``fresh`` collects the packs first met in the same call."""
         if not rows:
-            return range(self._count, self._count)
+            return
         known = self._pack_hex
-        new_packs: dict[bytes, int] = {}
         seen_before = False
         for raw_pack_id, size in _PACK_AND_SIZE.iter_unpack(rows):
+            if raw_pack_id in fresh:
+                continue
             if raw_pack_id in known:
                 seen_before = True
-            elif raw_pack_id not in new_packs:
-                new_packs[raw_pack_id] = size
-        if seen_before:
-            rows = self._rows_not_held(rows)
-            adopt = False
-        for raw_pack_id, size in new_packs.items():
-            pack_id = raw_pack_id.hex()
-            known[raw_pack_id] = pack_id
+                continue
+            fresh.add(raw_pack_id)
+            pack_id = known[raw_pack_id] = raw_pack_id.hex()
             self.pack_sizes[pack_id] = size
-        first = self._count
-        if self._rows or not (adopt and isinstance(rows, bytearray)):
-            self._rows += rows
-        else:
-            self._rows = rows
+            self._numbers[raw_pack_id] = len(self._packs).to_bytes(4, "little")
+            self._packs.append(raw_pack_id)
+        if seen_before:
+            rows = self._rows_not_held(rows, fresh)
+        self._hold(rows)
         self._count += len(rows) // ROW.size
+
+    def _hold(self, rows: bytes | bytearray | memoryview) -> None:
+        """Append index file rows to the held rows: the pack's number instead of its id and size."""
+        numbers, split, held = self._numbers, _SPLIT_ROW.iter_unpack, self._rows
+        step = ROW.size * _CONVERT_ROWS
+        with memoryview(rows) as view:
+            for start in range(0, len(view), step):
+                held += b"".join([numbers[raw_pack_id] + entry for raw_pack_id, entry in split(view[start : start + step])])
+
+    def _settle(self, first: int) -> range:
+        """Make the rows from ``first`` on findable: sorted in, or waiting in ``_recent``."""
         added = range(first, self._count)
         if self._count - len(self._keys) >= max(_MERGE_AT_LEAST, len(self._keys) // 2):
             self._sort()
-            return added
-        self._wait_unsorted(rows, first)
+        elif added:
+            with memoryview(self._rows) as rows:
+                self._wait_unsorted(rows[first * HELD.size :], first)
         return added
 
     def _wait_unsorted(self, rows: bytes | bytearray | memoryview, first: int) -> None:
-        """Make rows numbered from ``first`` findable before they are sorted (``_recent``)."""
+        """Make held rows numbered from ``first`` findable before they are sorted (``_recent``)."""
         recent = self._recent
         for row, (prefix,) in enumerate(_PREFIX.iter_unpack(rows), first):
             held = recent.get(prefix)
@@ -198,28 +230,44 @@ class Index:
             else:
                 held.append(row)
 
-    def _rows_not_held(self, rows: bytes | bytearray) -> bytes:
-        """The rows of ``rows`` that are not held yet; records a pack listed with other rows or size."""
+    def _rows_not_held(self, rows: bytes | bytearray | memoryview, fresh: set[bytes]) -> bytes:
+        """The rows of ``rows`` that are not held yet; records a pack listed with other rows or size.
+
+        Rows of the packs in ``fresh`` (first met by this same call) are kept as they are.
+        """
         kept = bytearray()
         for start in range(0, len(rows), ROW.size):
             row = bytes(rows[start : start + ROW.size])
-            pack_id = self._pack_hex.get(row[:32])
-            if pack_id is None:
+            raw_pack_id = row[:32]
+            if raw_pack_id in fresh:
                 kept += row
                 continue
+            pack_id = self._pack_hex[raw_pack_id]
             size = int.from_bytes(row[32:40], "little")
             if size != self.pack_sizes[pack_id]:
                 self.problems.append(f"pack {pack_id} is listed with size {size} and with size {self.pack_sizes[pack_id]} by two index files: one of them is damaged")
-            held_rows = (bytes(self._rows[held * ROW.size : (held + 1) * ROW.size]) for held in self._rows_of(row[_CHUNK_ID_AT : _CHUNK_ID_AT + 32].hex()))
-            if any(_without_size(held) == _without_size(row) for held in held_rows):
+            as_held = self._numbers[raw_pack_id] + row[_ENTRY_IN_ROW:]
+            held_rows = (self._rows[held * HELD.size : (held + 1) * HELD.size] for held in self._rows_of(row[_ENTRY_IN_ROW : _ENTRY_IN_ROW + 32].hex()))
+            if any(held == as_held for held in held_rows):
                 continue  # the same entry (a size disagreement is reported above)
             self.problems.append(f"pack {pack_id} is listed with other rows by two index files: one of them is damaged")
             kept += row
         return bytes(kept)
 
     def row_bytes(self, rows: range) -> bytearray:
-        """A copy of consecutive rows, as ``add_rows`` numbered them."""
-        return self._rows[rows.start * ROW.size : rows.stop * ROW.size]
+        """Consecutive rows, as ``add_rows`` numbered them, as index file rows."""
+        packs, sizes = self._packs, self.pack_sizes
+        prefixes: dict[int, bytes] = {}
+        out = bytearray()
+        with memoryview(self._rows) as view:
+            for number, entry in _SPLIT_HELD.iter_unpack(view[rows.start * HELD.size : rows.stop * HELD.size]):
+                prefix = prefixes.get(number)
+                if prefix is None:
+                    raw_pack_id = packs[number]
+                    prefix = prefixes[number] = raw_pack_id + sizes[self._pack_hex[raw_pack_id]].to_bytes(8, "little")
+                out += prefix
+                out += entry
+        return out
 
     def add_pack(self, pack_id: str, size: int, entries: Iterable[PackEntry]) -> range:
         return self.add_rows(encode_rows(pack_id, size, entries))
@@ -243,13 +291,13 @@ class Index:
         except BaseException:  # (MemoryError) the unsorted rows must stay findable
             self._recent = {}
             with memoryview(self._rows) as rows:
-                self._wait_unsorted(rows[done * ROW.size :], done)
+                self._wait_unsorted(rows[done * HELD.size :], done)
             raise
 
     def _merge_unsorted(self, done: int) -> None:
         """The body of ``_sort``: merge rows ``done`` and after into the sorted arrays."""
         with memoryview(self._rows) as rows:
-            new = sorted((prefix << _ROW_BITS) | row for row, (prefix,) in enumerate(_PREFIX.iter_unpack(rows[done * ROW.size :]), done))
+            new = sorted((prefix << _ROW_BITS) | row for row, (prefix,) in enumerate(_PREFIX.iter_unpack(rows[done * HELD.size :]), done))
         mask = (1 << _ROW_BITS) - 1
         keys, order = self._keys, self._order
         merged_keys, merged_order = array("Q"), array("I")
@@ -285,13 +333,13 @@ class Index:
         position = bisect.bisect_left(keys, prefix, starts[bucket], end)
         while position < end and keys[position] == prefix:
             row = order[position]
-            start = row * ROW.size + _CHUNK_ID_AT
+            start = row * HELD.size + _CHUNK_ID_AT
             if rows[start : start + 32] == raw:
                 found.append(row)
             position += 1
         held = self._recent.get(prefix)
         for row in (held,) if isinstance(held, int) else held or ():
-            start = row * ROW.size + _CHUNK_ID_AT
+            start = row * HELD.size + _CHUNK_ID_AT
             if rows[start : start + 32] == raw:
                 found.append(row)
         if len(found) > 1:
@@ -300,7 +348,7 @@ class Index:
 
     def _entry(self, row: int, chunk_id: str | None = None) -> tuple[str, PackEntry]:
         """(pack id, entry) of a row; ``chunk_id`` saves decoding the id when the caller has it."""
-        raw_pack_id, _size, raw_id, frame_offset, frame_length, offset_in_frame, length, compression = ROW.unpack_from(self._rows, row * ROW.size)
+        number, raw_id, frame_offset, frame_length, offset_in_frame, length, compression = HELD.unpack_from(self._rows, row * HELD.size)
         entry = PackEntry(
             chunk_id=chunk_id or raw_id.hex(),
             frame_offset=frame_offset,
@@ -309,7 +357,7 @@ class Index:
             length=length,
             compression=compression,
         )
-        return self._pack_hex[raw_pack_id], entry
+        return self._pack_hex[self._packs[number]], entry
 
     def location_of(self, row: int, chunk_id: str | None = None) -> ChunkLocation:
         pack_id, entry = self._entry(row, chunk_id)
@@ -361,7 +409,7 @@ class Index:
         newer than every sorted one, so the first match found is the oldest.
         """
         keys, order, rows, recent, starts, shift = self._keys, self._order, self._rows, self._recent, self._starts, self._shift
-        size, id_at, id_end = ROW.size, _CHUNK_ID_AT, _CHUNK_ID_AT + 32
+        size, id_at, id_end, packs = HELD.size, _CHUNK_ID_AT, _CHUNK_ID_AT + 32, self._packs
         first_of = bisect.bisect_left
         number = int.from_bytes
         found: list[int] = []
@@ -373,7 +421,7 @@ class Index:
             position = first_of(keys, prefix, starts[bucket], end)
             while position < end and keys[position] == prefix:
                 start = order[position] * size
-                if rows[start + id_at : start + id_end] == raw and (raw_packs is None or bytes(rows[start : start + 32]) in raw_packs):
+                if rows[start + id_at : start + id_end] == raw and (raw_packs is None or packs[int.from_bytes(rows[start : start + 4], "little")] in raw_packs):
                     row = order[position]
                     break
                 position += 1
@@ -381,7 +429,7 @@ class Index:
                 waiting = recent[prefix]
                 for candidate in (waiting,) if isinstance(waiting, int) else waiting:
                     start = candidate * size
-                    if rows[start + id_at : start + id_end] == raw and (raw_packs is None or bytes(rows[start : start + 32]) in raw_packs):
+                    if rows[start + id_at : start + id_end] == raw and (raw_packs is None or packs[int.from_bytes(rows[start : start + 4], "little")] in raw_packs):
                         row = candidate
                         break
             found.append(row)
@@ -389,8 +437,8 @@ class Index:
 
     def frame_of(self, row: int) -> tuple[str, int]:
         """(pack id, frame offset) of a row: the frame that holds its chunk."""
-        raw_pack, frame_offset, _, _ = _RUN_PLACE.unpack_from(self._rows, row * ROW.size)
-        return self._pack_hex[raw_pack], frame_offset
+        number, frame_offset, _, _ = _RUN_PLACE.unpack_from(self._rows, row * HELD.size)
+        return self._pack_hex[self._packs[number]], frame_offset
 
     def add_runs(self, rows: Iterable[int], runs: list[list]) -> int:
         """Append the chunks of ``rows`` to ``runs``, joining each to the run before when adjacent in one frame.
@@ -399,13 +447,13 @@ class Index:
         frame's decompressed bytes (what Repository.read_runs reads); an entry is
         made only for the first chunk of a run. Returns the bytes added.
         """
-        data, pack_hex, place = self._rows, self._pack_hex, _RUN_PLACE.unpack_from
+        data, pack_hex, packs, place = self._rows, self._pack_hex, self._packs, _RUN_PLACE.unpack_from
         last = runs[-1] if runs else None
         added = 0
         for row in rows:
-            raw_pack, frame_offset, offset_in_frame, length = place(data, row * ROW.size)
+            number, frame_offset, offset_in_frame, length = place(data, row * HELD.size)
             added += length
-            if last is not None and last[3] == offset_in_frame and last[1].frame_offset == frame_offset and last[0] == pack_hex[raw_pack]:
+            if last is not None and last[3] == offset_in_frame and last[1].frame_offset == frame_offset and last[0] == pack_hex[packs[number]]:
                 last[3] = offset_in_frame + length
                 continue
             pack_id, entry = self._entry(row)
@@ -415,8 +463,7 @@ class Index:
 
     def packs_holding(self, chunk_id: str) -> list[str]:
         """The ids of the packs holding the chunk, without building its locations."""
-        rows, pack_hex = self._rows, self._pack_hex
-        return [pack_hex[bytes(rows[row * ROW.size : row * ROW.size + 32])] for row in self._rows_of(chunk_id)]
+        return [self._pack_hex[self._packs[int.from_bytes(self._rows[row * HELD.size : row * HELD.size + 4], "little")]] for row in self._rows_of(chunk_id)]
 
     def all_locations(self, chunk_id: str) -> list[ChunkLocation]:
         """Every copy of the chunk (one per pack), the first stored first."""
@@ -438,7 +485,7 @@ class Index:
                 stop += 1
             by_id: dict[bytes, list[int]] = {}
             for row in sorted(order[position:stop]):
-                start = row * ROW.size + _CHUNK_ID_AT
+                start = row * HELD.size + _CHUNK_ID_AT
                 by_id.setdefault(bytes(rows[start : start + 32]), []).append(row)
             for raw, chunk_rows in sorted(by_id.items()):
                 chunk_id = raw.hex()
@@ -457,7 +504,7 @@ class Index:
         each frame is usually one run; ``entries_in`` turns runs into entries only
         for the pack or frame being checked.
         """
-        starts: list[tuple[int, tuple[bytes, int]]] = []
+        starts: list[tuple[int, tuple[int, int]]] = []
         previous = None
         for row, key in enumerate(_PACK_AND_FRAME.iter_unpack(self._rows)):
             if key != previous:
@@ -466,8 +513,8 @@ class Index:
         by_pack: dict[str, list[range]] = {}
         by_frame: dict[tuple[str, int], list[range]] = {}
         stops = [start for start, _ in starts[1:]] + [self._count]
-        for (start, (raw_pack_id, frame_offset)), stop in zip(starts, stops):
-            pack_id = self._pack_hex[raw_pack_id]
+        for (start, (number, frame_offset)), stop in zip(starts, stops):
+            pack_id = self._pack_hex[self._packs[number]]
             by_frame.setdefault((pack_id, frame_offset), []).append(range(start, stop))
             runs = by_pack.setdefault(pack_id, [])
             if runs and runs[-1].stop == start:

@@ -24,7 +24,6 @@ import collections
 import contextlib
 import dataclasses
 import hashlib
-import io
 import json
 import secrets
 import struct
@@ -219,59 +218,96 @@ def decode_index(data: bytes, name: str, *, verify_name: bool = True) -> dict[st
 
 def decode_index_rows(data: bytes, name: str, *, verify_name: bool = True) -> bytes:
     """One index file's checked rows (INDEX_ROW records); raises CorruptIndex if it is damaged in any way."""
+    return b"".join(index_row_pieces(data, name, verify_name=verify_name))
+
+
+def index_row_pieces(data: bytes, name: str, *, verify_name: bool = True) -> Iterator[bytes]:
+    """One index file's rows in pieces of whole rows, once all of them were checked.
+
+    Raises CorruptIndex before returning if the file is damaged in any way. A
+    version 2 file is decompressed twice, once to check every row and once as
+    the caller takes the pieces, so its rows are never all in memory at once
+    (a 1 GiB database's index holds 25 MB of rows).
+    """
     if verify_name and hashlib.sha256(data).hexdigest() != name.rsplit("/", 1)[-1]:
         raise CorruptIndex(f"index file {name} does not hash to its name: it was damaged")
     try:
         if data.startswith(INDEX_MAGIC):
-            return _checked_rows(_decompress_rows(data[len(INDEX_MAGIC) :], name), name)
+            compressed = memoryview(data)[len(INDEX_MAGIC) :]
+            declared = _declared_rows_size(compressed, name)
+            sizes: dict[bytes, int] = {}
+            for piece in _row_pieces(compressed, declared, name):
+                _check_rows(piece, name, sizes)
+            return _row_pieces(compressed, declared, name)
         if data.startswith(INDEX_MAGIC[:-1]):
             raise CorruptIndex(f"index file {name} is of version {data[len(INDEX_MAGIC) - 1 : len(INDEX_MAGIC)]!r}, which this dbkeep cannot read; upgrade dbkeep")
-        return b"".join(encode_rows(pack_id, size, entries) for pack_id, (size, entries) in _decode_json_index(data, name).items())
+        return iter([b"".join(encode_rows(pack_id, size, entries) for pack_id, (size, entries) in _decode_json_index(data, name).items())])
     except CorruptIndex:
         raise
     except (CorruptPack, ValueError, KeyError, TypeError, AttributeError, RecursionError, struct.error) as error:
         raise CorruptIndex(f"index file {name} does not match the format: {type(error).__name__}: {str(error)[:200]}") from error
 
 
-def _decompress_rows(compressed: bytes, name: str) -> bytearray:
+#: Rows decompressed per piece when an index file is read (about 0.75 MB).
+_PIECE_ROWS = 8192
+
+
+def _declared_rows_size(compressed: memoryview, name: str) -> int:
+    """The size of the rows the frame declares, refused when no genuine index could expand to it."""
     limit = min(MAX_INDEX_BYTES, MAX_INDEX_EXPANSION * len(compressed) + 4096)
     try:
         declared = zstandard.frame_content_size(compressed)
-        if declared < 0:
-            raise CorruptIndex(f"index file {name} does not declare the size of its rows: it is damaged")
-        if declared > limit:
-            raise CorruptIndex(f"index file {name} claims {declared} bytes of rows, more than {limit} could hold: it is damaged")
-        # The declared size is checked, not trusted: decompression stops past it.
-        # Into a bytearray the in-memory index can keep as it is, without a copy.
-        rows = bytearray(declared + 1)
-        filled = 0
-        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(compressed), read_across_frames=False) as reader, memoryview(rows) as view:
-            while filled < len(rows) and (count := reader.readinto(view[filled:])):
-                filled += count
-        del rows[filled:]
     except zstandard.ZstdError as error:
         raise CorruptIndex(f"index file {name} does not decompress: {str(error)[:200]}") from error
-    if len(rows) != declared:
-        raise CorruptIndex(f"index file {name} decompresses to {len(rows)} bytes, not the {declared} its frame declares: it is damaged")
-    if len(rows) % INDEX_ROW.size:
+    if declared < 0:
+        raise CorruptIndex(f"index file {name} does not declare the size of its rows: it is damaged")
+    if declared > limit:
+        raise CorruptIndex(f"index file {name} claims {declared} bytes of rows, more than {limit} could hold: it is damaged")
+    if declared % INDEX_ROW.size:
         raise CorruptIndex(f"index file {name} is not a whole number of {INDEX_ROW.size}-byte rows: it is damaged")
-    return rows
+    return declared
 
 
-#: The fields of a row that have bounds: pack id, pack size, frame length, offset in frame, length, compression.
+def _row_pieces(compressed: memoryview, declared: int, name: str) -> Iterator[bytes]:
+    """The frame's rows in pieces of whole rows, refusing a frame that decompresses to other than ``declared`` bytes.
+
+    The declared size is checked, not trusted: decompression stops one byte past it.
+    """
+    buffer = bytearray(INDEX_ROW.size * _PIECE_ROWS)
+    total = 0
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(compressed, read_across_frames=False) as reader, memoryview(buffer) as view:
+            while True:
+                room = min(len(buffer), declared + 1 - total)
+                filled = 0
+                while filled < room and (count := reader.readinto(view[filled:room])):
+                    filled += count
+                total += filled
+                if total > declared:
+                    break
+                if filled % INDEX_ROW.size:
+                    raise CorruptIndex(f"index file {name} is not a whole number of {INDEX_ROW.size}-byte rows: it is damaged")
+                if filled:
+                    yield bytes(view[:filled])
+                if filled < room:
+                    break
+    except zstandard.ZstdError as error:
+        raise CorruptIndex(f"index file {name} does not decompress: {str(error)[:200]}") from error
+    if total != declared:
+        raise CorruptIndex(f"index file {name} decompresses to {min(total, declared + 1)} bytes, not the {declared} its frame declares: it is damaged")
+
+
 _ROW_BOUNDS = struct.Struct("<32sQ40xIIIB")
 
 
-def _checked_rows(rows: bytes, name: str) -> bytes:
-    """``rows`` if every one is within the format's bounds and gives its pack one size."""
-    sizes: dict[bytes, int] = {}
+def _check_rows(rows: bytes, name: str, sizes: dict[bytes, int]) -> None:
+    """Refuse rows out of the format's bounds, or giving a pack two sizes (``sizes``: pack -> its size so far)."""
     most = packformat.MAX_FRAME_BYTES
     for raw_pack_id, size, frame_length, offset_in_frame, length, compression in _ROW_BOUNDS.iter_unpack(rows):
         if sizes.setdefault(raw_pack_id, size) != size:
             raise CorruptIndex(f"index file {name} gives pack {raw_pack_id.hex()} two sizes: it is damaged")
         if size > packformat.MAX_PACK_BYTES or compression > packformat.COMPRESSION_ZSTD or offset_in_frame + length > most or frame_length > most:
             raise CorruptIndex(f"index file {name} has a row out of bounds (pack size {size}, frame length {frame_length}, chunk {offset_in_frame}+{length}, compression {compression}): it is damaged")
-    return rows
 
 
 def _decode_json_index(data: bytes, name: str) -> dict[str, tuple[int, list[PackEntry]]]:
@@ -472,9 +508,9 @@ class Repository:
         """An index file's packs and their entries, opened first in an encrypted repository."""
         return decode_index(self._index_plaintext(data, name), name, verify_name=False)
 
-    def _decode_index_rows(self, data: bytes, name: str) -> bytes:
-        """An index file's checked rows, opened first in an encrypted repository."""
-        return decode_index_rows(self._index_plaintext(data, name), name, verify_name=False)
+    def _index_row_pieces(self, data: bytes, name: str) -> Iterator[bytes]:
+        """An index file's checked rows in pieces (``index_row_pieces``), opened first in an encrypted repository."""
+        return index_row_pieces(self._index_plaintext(data, name), name, verify_name=False)
 
     def _index_plaintext(self, data: bytes, name: str) -> bytes:
         """The index file's bytes, checked against its name (and opened, if sealed)."""
@@ -493,11 +529,11 @@ class Repository:
             for info in self.storage.list("index"):
                 index.files.append(info.name)
                 try:
-                    rows = self._decode_index_rows(_get_bounded(self.storage, info.name, MAX_INDEX_BYTES, CorruptIndex), info.name)
+                    pieces = self._index_row_pieces(_get_bounded(self.storage, info.name, MAX_INDEX_BYTES, CorruptIndex), info.name)
                 except (CorruptIndex, AuthenticationFailed, StorageError) as error:
                     index.problems.append(str(error))
                     continue
-                index.add_rows(rows, adopt=True)
+                index.add_file_rows(pieces)
             self._index = index
         return self._index
 
