@@ -143,12 +143,27 @@ def test_a_half_read_walk_does_not_block_adding_rows() -> None:
     assert _id(7) in index
 
 
-def test_rows_are_copied_unless_adopted() -> None:
+def test_the_callers_rows_are_left_as_they_were() -> None:
     rows = bytearray(encode_rows(_pack(1), 100, [_entry(_id(1), 0)]))
     index = Index()
     index.add_rows(rows)
     index.add_pack(_pack(2), 100, [_entry(_id(2), 0)])
-    assert len(rows) == chunk_index.ROW.size
+    assert rows == encode_rows(_pack(1), 100, [_entry(_id(1), 0)])
+
+
+def test_one_file_given_in_pieces_holds_its_packs_once_however_the_pieces_cut_them() -> None:
+    # A pack's rows may be split between two pieces of one index file: its rows
+    # in the second piece are the same file's, not a second listing of the pack.
+    file_rows = b"".join(encode_rows(_pack(number), 1000 + number, [_entry(_id(number * 100 + position), position) for position in range(7)]) for number in range(3))
+    size = chunk_index.ROW.size
+    pieces = [file_rows[start : start + 5 * size] for start in range(0, len(file_rows), 5 * size)]
+    index = Index()
+    added = index.add_file_rows(pieces)
+    assert index.problems == []
+    assert len(added) == 21
+    assert all(index.first_location(_id(number * 100 + position)).pack_id == _pack(number) for number in range(3) for position in range(7))
+    assert index.row_bytes(added) == file_rows
+    assert index.pack_sizes == {_pack(number): 1000 + number for number in range(3)}
 
 
 def test_ids_at_the_edges_of_the_prefix_buckets_are_found_and_absent_ones_are_not() -> None:

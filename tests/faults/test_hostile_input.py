@@ -232,6 +232,33 @@ def test_index_giving_one_pack_two_sizes_is_refused() -> None:
     assert decode_index(good, f"index/{hashlib.sha256(good).hexdigest()}") == {"ab" * 32: (100, [entry])}
 
 
+@pytest.mark.parametrize("damage", ["row out of bounds", "pack given two sizes", "cut inside a row"])
+def test_an_index_file_damaged_only_in_its_last_piece_adds_none_of_its_rows(tmp_path: Path, damage: str) -> None:
+    # Index files are decompressed piece by piece into the in-memory index: the
+    # damage must be found before the first piece is held, or the good pieces
+    # of a damaged file would be used while the file is reported unusable.
+    project = faultkit.build_project(tmp_path, rows=30, plain_bytes=3000)
+    project.backup()
+    pack_id = bytes.fromhex(next(iter(faultkit.open_repository(project).index().pack_sizes)))
+    count = 3 * 8192 + 5  # more pieces than one (repository._PIECE_ROWS rows each)
+    ids = [hashlib.sha256(b"forged %d" % number).digest() for number in range(count)]
+    rows = bytearray(b"".join(INDEX_ROW.pack(pack_id, 4096, chunk_id, 0, 100, 0, 10, 1) for chunk_id in ids))
+    last = len(rows) - INDEX_ROW.size
+    if damage == "row out of bounds":
+        rows[last:] = INDEX_ROW.pack(pack_id, 4096, ids[-1], 0, 100, 0, 10, 9)
+    elif damage == "pack given two sizes":
+        rows[last:] = INDEX_ROW.pack(pack_id, 4097, ids[-1], 0, 100, 0, 10, 1)
+    else:
+        del rows[-7:]
+    raw = index_file(bytes(rows))
+    name = hashlib.sha256(raw).hexdigest()
+    (project.repository / "index" / name).write_bytes(raw)
+    index = faultkit.open_repository(project).index()
+    assert any(name in problem for problem in index.problems)
+    assert not any(chunk_id.hex() in index for chunk_id in (ids[0], ids[8192], ids[-2]))
+    assert not any("listed with other rows" in problem for problem in index.problems)
+
+
 def _as_version_1_pack(pack: bytes) -> bytes:
     """The same pack as dbkeep wrote before version 2: entries uncompressed, then count and DBKPACK1."""
     entries = packformat.parse_pack(pack, "sample")
