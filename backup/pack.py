@@ -218,6 +218,22 @@ def header_entries(frames: Sequence[tuple[int, Frame]]) -> list[PackEntry]:
     ]
 
 
+def header_span(trailer: bytes) -> int:
+    """How many bytes at the end of a pack its header and trailer take, as the trailer claims.
+
+    Not checked: it only says how much of the end to read, at most, for
+    ``split_pack`` (or ``split_sealed_pack``), which checks the claim. Every
+    trailer starts with a uint32: the header's stored length (version 2 and
+    encrypted packs) or its number of entries (version 1).
+    """
+    if len(trailer) != TRAILER.size:
+        return TRAILER.size
+    (number,) = struct.unpack_from("<I", trailer)
+    if trailer.endswith(MAGIC):
+        return number * ENTRY.size + TRAILER.size
+    return number + TRAILER.size
+
+
 def header_length(trailer: bytes, pack_size: int, pack_name: str) -> int:
     """How many header bytes precede the trailer; raises CorruptPack on a bad trailer."""
     if len(trailer) != TRAILER.size:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from backup import VerificationFailed, create_backup, restore_backup, verify_backup
+from backup import VerificationFailed, create_backup, restore_backup, verification, verify_backup
 from backup.errors import BackupError
 from backup.repository import open_local
 from tests.dbhelpers import file_state, make_database
@@ -70,6 +70,32 @@ def test_damage_to_a_pack_header_alone_is_named_but_blames_no_snapshot(two_snaps
     restore_backup(settings, second.id, target=tmp_path / "restored")
     for entry in second.files:
         assert hashlib.sha256((tmp_path / "restored" / entry.path).read_bytes()).hexdigest() == entry.sha256
+
+
+@pytest.mark.parametrize("piece", [7, 1000, 1 << 22], ids=["7-bytes", "1000-bytes", "4-MiB"])
+@pytest.mark.parametrize("damage", ["none", "first byte", "last frame byte", "header"])
+def test_packs_hashed_piece_by_piece_find_the_same_damage_whatever_the_piece_size(two_snapshots, monkeypatch, piece, damage):
+    """Read-data verify hashes a pack one piece at a time and keeps only its end for
+    the header: a header longer than a piece, or damage on either side of a piece
+    boundary, must be found exactly as if the pack were read whole."""
+    monkeypatch.setattr(verification, "PACK_READ_PIECE", piece)
+    settings, first, second, pack = two_snapshots
+    header_length = int.from_bytes(pack.read_bytes()[-12:-8], "little")
+    assert header_length > 1000, "the header must span several small pieces for this test to mean anything"
+    frames_end = pack.stat().st_size - 12 - header_length
+    offsets = {"first byte": 0, "last frame byte": frames_end - 1, "header": frames_end + header_length // 2}
+    if damage != "none":
+        _flip_bit(pack, offsets[damage])
+
+    report = verify_backup(settings, read_data=True)
+
+    kinds = {problem.kind for problem in report.problems}
+    if damage == "none":
+        assert report.ok, report.problems
+    elif damage == "header":
+        assert kinds == {"pack-hash", "pack-header"} and report.affected_snapshots == []
+    else:
+        assert "pack-hash" in kinds and report.affected_snapshots == [second.id]
 
 
 def test_truncated_pack_is_found_by_structure_check_alone(two_snapshots):
