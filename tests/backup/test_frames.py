@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from backup import create_backup, restore_backup, verify_backup
+from backup import create_backup, restore_backup, verification, verify_backup
 from backup import pack as packformat
 from backup.errors import StorageError
 from backup.fsio import FaultPlan, inject
@@ -80,9 +80,10 @@ def test_blocks_moved_inside_a_file_restore_with_each_frame_decompressed_once_pe
 
     assert hashlib.sha256((tmp_path / "restored" / "data.bin").read_bytes()).hexdigest() == hashlib.sha256(shuffled).hexdigest()
     assert report.ok
-    batches = -(-len(data) // READ_BATCH_BYTES)
-    # One read per chunk (as a frame cache smaller than the file gives) would be thousands.
-    for reads in (restored_reads, len(decompressed)):
+    # One read per chunk (as a frame cache smaller than the file gives) would be
+    # thousands; a batch needs each of its frames decompressed once.
+    for reads, batch_bytes in ((restored_reads, READ_BATCH_BYTES), (len(decompressed), verification.VERIFY_BATCH_BYTES)):
+        batches = -(-len(data) // batch_bytes)
         assert reads <= (frames + 2) * batches + 16, reads
 
 
