@@ -781,24 +781,47 @@ def _materialise(repository: Repository, item: RestoreItem) -> Path:
     return temp
 
 
+#: Batches handed to the writing thread and not yet written (WRITE_PIECE each).
+WRITES_AHEAD = 3
+
+
 def _write_pieces(descriptor: int, pieces: Iterable[bytes | memoryview]) -> tuple[hashlib._Hash, int]:
-    """Write pieces to ``descriptor`` in WRITE_PIECE batches; returns (their SHA-256, size)."""
+    """Write pieces to ``descriptor`` in WRITE_PIECE batches; returns (their SHA-256, size).
+
+    Hashing a batch and writing it both let go of the GIL, so they run in order on
+    a second thread while this one reads and decompresses the next batch: a
+    1 GiB restore spent 2.4 s hashing and writing and 2.4 s reading on one core.
+    Returns or raises only once the thread is done with the file.
+    """
     digest = hashlib.sha256()
     size = 0
-    buffer = bytearray()
-    for piece in pieces:
-        buffer += piece
-        if len(buffer) >= WRITE_PIECE:
-            digest.update(buffer)
-            fsio.write(descriptor, buffer)
-            size += len(buffer)
-            progress.advance(len(buffer))
-            buffer.clear()
-    if buffer:
-        digest.update(buffer)
-        fsio.write(descriptor, buffer)
-        size += len(buffer)
-        progress.advance(len(buffer))
+
+    def hash_and_write(batch: bytearray) -> None:
+        digest.update(batch)
+        fsio.write(descriptor, batch)
+
+    waiting: collections.deque[Future[None]] = collections.deque()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dbkeep-restore-write") as writer:
+        try:
+            buffer = bytearray()
+            for piece in pieces:
+                buffer += piece
+                if len(buffer) >= WRITE_PIECE:
+                    waiting.append(writer.submit(hash_and_write, buffer))
+                    size += len(buffer)
+                    progress.advance(len(buffer))
+                    buffer = bytearray()
+                    if len(waiting) > WRITES_AHEAD:
+                        waiting.popleft().result()
+            if buffer:
+                waiting.append(writer.submit(hash_and_write, buffer))
+                size += len(buffer)
+                progress.advance(len(buffer))
+            while waiting:
+                waiting.popleft().result()
+        finally:
+            for future in waiting:
+                future.cancel()
     return digest, size
 
 
