@@ -450,6 +450,8 @@ def _hashed_aside(pieces: Iterable[bytes], whole: hashlib._Hash, hasher: ThreadP
     taken on a second core while this thread hashes and looks up the chunks: a
     1 GiB database took 0.55 s of hashing off the backup's path. Returns only
     once every piece is hashed (the caller reads ``whole`` after the last one).
+    A piece is hashed after it was yielded, so pieces must not change once
+    yielded: every source gives immutable ``bytes``.
     """
     waiting: collections.deque[Future[None]] = collections.deque()
     try:

@@ -10,9 +10,11 @@ instead of stopping at the first; strictly read-only.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import heapq
 from collections.abc import Collection, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from . import pack as packformat
@@ -380,32 +382,92 @@ def _content_key(entry: FileEntry) -> tuple[object, ...]:
 
 
 def _reassemble(repository: Repository, entries: Sequence[FileEntry], state: _State) -> list[_Outcome | None]:
-    """Hash each entry's bytes in order, advancing whichever is furthest behind."""
+    """Hash each entry's bytes in order, advancing whichever is furthest behind.
+
+    The whole-file hashes are taken on a second thread (``_HashAside``) while
+    this one reads, decompresses and checks the chunks.
+    """
     streams = [_pieces(repository, entry, state) for entry in entries]
     digests = [hashlib.sha256() for _ in entries]
     sizes = [0] * len(entries)
     outcomes: list[_Outcome | None] = [None] * len(entries)
     finished: list[int] = []
     waiting = [(0, number) for number in range(len(entries))]
-    while waiting:
-        _, number = heapq.heappop(waiting)
-        try:
-            piece = next(streams[number])
-        except StopIteration:
-            finished.append(number)
-            continue
-        except _Damage as damage:
-            outcomes[number] = damage.outcome
-            continue
-        digests[number].update(piece)
-        sizes[number] += len(piece)
-        progress.advance(len(piece))
-        heapq.heappush(waiting, (sizes[number], number))
+    with _HashAside(digests) as hashing:
+        while waiting:
+            _, number = heapq.heappop(waiting)
+            try:
+                piece = next(streams[number])
+            except StopIteration:
+                finished.append(number)
+                continue
+            except _Damage as damage:
+                outcomes[number] = damage.outcome
+                continue
+            hashing.add(number, piece)
+            sizes[number] += len(piece)
+            progress.advance(len(piece))
+            heapq.heappush(waiting, (sizes[number], number))
     for number in finished:
         entry = entries[number]
         if sizes[number] != entry.size or digests[number].hexdigest() != entry.sha256:
             outcomes[number] = ("file-hash", f"file bytes do not match the recorded SHA-256 {entry.sha256}", None)
     return outcomes
+
+
+class _HashAside:
+    """Feeds pieces to their digests on one worker thread, each digest's in the order given.
+
+    hashlib lets go of the GIL for pieces of 2 KiB and more, so the hashing runs
+    on a second core. Pieces are gathered to HASH_BATCH_BYTES per task; at most
+    HASH_TASKS_AHEAD tasks wait, which bounds the pieces (views into frames) held.
+    The digests are final once the ``with`` block is left.
+    """
+
+    def __init__(self, digests: Sequence[hashlib._Hash]) -> None:
+        self._digests = digests
+        self._batch: list[tuple[int, bytes | memoryview]] = []
+        self._batch_bytes = 0
+        self._waiting: collections.deque[Future[None]] = collections.deque()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dbkeep-verify-hash")
+
+    def __enter__(self) -> _HashAside:
+        return self
+
+    def add(self, number: int, piece: bytes | memoryview) -> None:
+        self._batch.append((number, piece))
+        self._batch_bytes += len(piece)
+        if self._batch_bytes >= HASH_BATCH_BYTES:
+            self._submit()
+
+    def _submit(self) -> None:
+        batch, digests = self._batch, self._digests
+        self._batch, self._batch_bytes = [], 0
+
+        def hash_batch() -> None:
+            for number, piece in batch:
+                digests[number].update(piece)
+
+        self._waiting.append(self._executor.submit(hash_batch))
+        if len(self._waiting) > HASH_TASKS_AHEAD:
+            self._waiting.popleft().result()
+
+    def __exit__(self, kind: object, error: object, trace: object) -> None:
+        try:
+            if kind is None:
+                if self._batch:
+                    self._submit()
+                while self._waiting:
+                    self._waiting.popleft().result()
+        finally:
+            for future in self._waiting:
+                future.cancel()
+            self._executor.shutdown(wait=True)
+
+
+#: Bytes of pieces hashed per task of ``_HashAside``, and how many tasks may wait.
+HASH_BATCH_BYTES = 1024 * 1024
+HASH_TASKS_AHEAD = 4
 
 
 def _pieces(repository: Repository, entry: FileEntry, state: _State) -> Iterator[bytes | memoryview]:
