@@ -38,6 +38,9 @@ _PACK_AND_FRAME = struct.Struct("<I32xQ13x")
 _CHUNK_ID_AT = 4
 #: What a reader needs of a row: pack number, frame offset, offset in the frame, length.
 _RUN_PLACE = struct.Struct("<I32xQ4xII1x")
+#: Where the pack header entry starts in a held row, and a chunk's place in its frame.
+_ENTRY_AT = 4
+_MEMBER = struct.Struct("<4x32s12xII1x")
 #: Index file rows converted to held rows per step, so no list spans a whole file.
 _CONVERT_ROWS = 8192
 _SPLIT_ROW = struct.Struct("<32s8x53s")
@@ -435,11 +438,6 @@ class Index:
             found.append(row)
         return found
 
-    def frame_of(self, row: int) -> tuple[str, int]:
-        """(pack id, frame offset) of a row: the frame that holds its chunk."""
-        number, frame_offset, _, _ = _RUN_PLACE.unpack_from(self._rows, row * HELD.size)
-        return self._pack_hex[self._packs[number]], frame_offset
-
     def add_runs(self, rows: Iterable[int], runs: list[list]) -> int:
         """Append the chunks of ``rows`` to ``runs``, joining each to the run before when adjacent in one frame.
 
@@ -522,6 +520,17 @@ class Index:
             else:
                 runs.append(range(start, stop))
         return by_pack, by_frame
+
+    def raw_entries_in(self, runs: Iterable[range]) -> list[bytes]:
+        """The pack header entries (ENTRY records, as packs store them) of the rows in ``runs``, in row order."""
+        rows, size = self._rows, HELD.size
+        return [bytes(rows[row * size + _ENTRY_AT : (row + 1) * size]) for run in runs for row in run]
+
+    def frame_members(self, runs: Iterable[range]) -> list[tuple[bytes, int, int]]:
+        """(raw chunk id, offset in the frame, length) of the rows in ``runs``: what checking a frame needs."""
+        member = _MEMBER.unpack_from
+        rows, size = self._rows, HELD.size
+        return [member(rows, row * size) for run in runs for row in run]
 
     def entries_in(self, runs: Iterable[range]) -> list[PackEntry]:
         """The entries of the rows in ``runs`` (from ``row_ranges``), in row order."""

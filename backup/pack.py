@@ -317,22 +317,19 @@ def parse_pack(data: bytes, pack_name: str) -> list[PackEntry]:
     return parse_header(*split_pack(data, pack_name), pack_name)
 
 
-def header_covers(header: bytes, frames_end: int, entries: Iterable[PackEntry]) -> bool:
-    """True if the header's entries are all in bounds and include every one of ``entries``.
+def header_covers(header: bytes, frames_end: int, entries: Iterable[bytes]) -> bool:
+    """True if the header's entries are all in bounds and include every one of ``entries`` (raw ENTRY records).
 
     The answer ``parse_header`` and a set comparison would give for a sound
     header, without building an object per entry; False sends the caller to
     ``parse_header`` for the precise complaint.
     """
-    rows = set(ENTRY.iter_unpack(header))
-    for _, frame_offset, frame_length, offset_in_frame, length, compression in rows:
+    for _, frame_offset, frame_length, offset_in_frame, length, compression in ENTRY.iter_unpack(header):
         if compression > COMPRESSION_ZSTD or offset_in_frame + length > MAX_FRAME_BYTES or frame_length > MAX_FRAME_BYTES or frame_offset + frame_length > frames_end:
             return False
-    fromhex = bytes.fromhex
-    return all(
-        (fromhex(entry.chunk_id), entry.frame_offset, entry.frame_length, entry.offset_in_frame, entry.length, entry.compression) in rows
-        for entry in entries
-    )
+    size = ENTRY.size
+    rows = {header[start : start + size] for start in range(0, len(header), size)}
+    return all(entry in rows for entry in entries)
 
 
 def decompress_header(compressed: bytes, pack_name: str) -> bytes:

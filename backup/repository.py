@@ -479,6 +479,10 @@ class Repository:
         """A chunk's id: SHA-256 of its bytes, or HMAC-SHA256 under the repository key."""
         return self.keys.chunk_id(data) if self.keys is not None else packformat.chunk_id_of(data)
 
+    def chunk_digest(self, data: bytes | memoryview) -> bytes:
+        """``chunk_id`` as the raw 32 bytes that index rows and chunk lists hold."""
+        return self.keys.chunk_digest(data) if self.keys is not None else packformat.chunk_digest_of(data)
+
     def _aad(self, kind: str, name: str = "") -> bytes:
         return crypto.associated_data(kind, self.config.id, name)
 
@@ -687,26 +691,27 @@ class Repository:
             data = self.keys.open(data, self._aad("frame"), f"frame at offset {entry.frame_offset} of pack {pack_id}")
         return packformat.decompress_frame(data, entry.compression)
 
-    def check_frame(self, pack_id: str, entries: Sequence[PackEntry]) -> dict[str, CorruptData]:
+    def check_frame(self, pack_id: str, first: PackEntry, members: Sequence[tuple[bytes, int, int]]) -> dict[str, CorruptData]:
         """Open one frame and check every listed chunk in it; returns chunk id -> why that copy is bad.
 
-        ``entries`` all lie in the same frame of ``pack_id``. The frame is read and
-        opened once (authenticated when encrypted) and each chunk hashed against
-        its id exactly as ``read_chunk`` would, so problems read the same as a
-        failed read names them. An intact frame stays cached for the reads after.
+        ``first`` is the entry of any chunk of the frame (it says where the frame
+        is); ``members`` are the chunks to check in it, as (raw id, offset in the
+        frame, length) (Index.frame_members). The frame is read and opened once
+        (authenticated when encrypted) and each chunk hashed against its id
+        exactly as ``read_chunk`` would, so problems read the same as a failed
+        read names them. An intact frame stays cached for the reads after.
         """
-        first = entries[0]
         try:
             frame = self.read_frame(pack_id, first)
         except CorruptData as error:
-            return {entry.chunk_id: error for entry in entries}
+            return {raw_id.hex(): error for raw_id, _, _ in members}
         view = memoryview(frame)
-        chunk_id_of = self.chunk_id
+        digest_of = self.chunk_digest
         damaged: dict[str, CorruptData] = {}
-        for entry in entries:
-            piece = view[entry.offset_in_frame : entry.offset_in_frame + entry.length]
-            if len(piece) != entry.length or chunk_id_of(piece) != entry.chunk_id:
-                damaged[entry.chunk_id] = self._mismatch(entry.chunk_id, pack_id)
+        for raw_id, offset, length in members:
+            piece = view[offset : offset + length]
+            if len(piece) != length or digest_of(piece) != raw_id:
+                damaged[raw_id.hex()] = self._mismatch(raw_id.hex(), pack_id)
         if damaged:
             self._forget_frame((pack_id, first.frame_offset))
         return damaged

@@ -182,7 +182,7 @@ def _check_packs(repository: Repository, present: dict[str, int], report: Verify
             # Not fatal for the whole pack: the file check hashes every chunk it
             # needs and names exactly the ones that were hit.
             report.problems.append(Problem(kind="pack-hash", message=f"pack {pack_id} does not hash to its name: its bytes were changed", pack_id=pack_id))
-        header_problem = _header_problem(repository, index.entries_in(by_pack.get(pack_id, [])), tail, size, pack_id)
+        header_problem = _header_problem(repository, index.raw_entries_in(by_pack.get(pack_id, [])), tail, size, pack_id)
         if header_problem is not None:
             # The header is the redundant copy of the index used to rebuild it; its
             # damage alone leaves every chunk readable through the index, so the
@@ -217,7 +217,7 @@ def _hash_pack(storage: Storage, name: str, size: int) -> tuple[str, bytes]:
     return digest.hexdigest(), tail
 
 
-def _header_problem(repository: Repository, indexed: list[PackEntry], tail: bytes, size: int, pack_id: str) -> str | None:
+def _header_problem(repository: Repository, indexed: list[bytes], tail: bytes, size: int, pack_id: str) -> str | None:
     """Why the pack's trailing header cannot rebuild the index entries for it, or None.
 
     ``tail`` is the end of the pack (``size`` bytes in all), header and trailer included.
@@ -230,7 +230,7 @@ def _header_problem(repository: Repository, indexed: list[PackEntry], tail: byte
         entries = packformat.parse_header(header, frames_end, pack_id)
     except CorruptData as error:
         return f"{error}; the index can no longer be rebuilt from this pack"
-    if not set(indexed).issubset(set(entries)):
+    if not {PackEntry.from_fields(*packformat.ENTRY.unpack(raw)) for raw in indexed}.issubset(set(entries)):
         return f"pack {pack_id} header disagrees with the index; the index can no longer be rebuilt from this pack"
     return None
 
@@ -488,12 +488,15 @@ def _pieces(repository: Repository, entry: FileEntry, state: _State) -> Iterator
         if -1 in rows:
             missing = leaf[rows.index(-1) * 32 :][:32].hex()
             raise _Damage("missing-chunk", f"chunk {missing} is not in any index", missing)
-        for row in rows:
-            frame = index.frame_of(row)
-            if frame not in checked:
-                _check_frame(repository, index.location_of(row), state)
+        # The leaf's runs name the frames it needs: one check per frame, not per chunk.
+        leaf_runs: list[list] = []
+        leaf_bytes = index.add_runs(rows, leaf_runs)
+        for run in leaf_runs:
+            if (run[0], run[1].frame_offset) not in checked:
+                _check_frame(repository, ChunkLocation(pack_id=run[0], entry=run[1]), state)
         if not damaged:
-            batch_bytes += index.add_runs(rows, runs)
+            _join_runs(runs, leaf_runs)
+            batch_bytes += leaf_bytes
         else:
             for position, row in enumerate(rows):
                 location = index.location_of(row)
@@ -508,6 +511,16 @@ def _pieces(repository: Repository, entry: FileEntry, state: _State) -> Iterator
     yield from _read_runs(repository, runs)
 
 
+def _join_runs(runs: list[list], more: list[list]) -> None:
+    """Append ``more`` to ``runs``, joining its first run to the last one when they are adjacent in one frame (as Index.add_runs does)."""
+    if runs and more:
+        last, first = runs[-1], more[0]
+        if last[0] == first[0] and last[1].frame_offset == first[1].frame_offset and last[3] == first[2]:
+            last[3] = first[3]
+            more = more[1:]
+    runs.extend(more)
+
+
 def _read_runs(repository: Repository, runs: list[list]) -> Iterator[bytes | memoryview]:
     try:
         yield from repository.read_runs(runs)
@@ -519,8 +532,9 @@ def _check_frame(repository: Repository, location: ChunkLocation, state: _State)
     key = (location.pack_id, location.entry.frame_offset)
     state.checked.add(key)
     runs = state.frames.get(key)
-    members = repository.index().entries_in(runs) if runs else [location.entry]
-    for chunk_id, error in repository.check_frame(location.pack_id, members).items():
+    entry = location.entry
+    members = repository.index().frame_members(runs) if runs else [(bytes.fromhex(entry.chunk_id), entry.offset_in_frame, entry.length)]
+    for chunk_id, error in repository.check_frame(location.pack_id, entry, members).items():
         state.damaged[(location.pack_id, chunk_id)] = error
 
 
