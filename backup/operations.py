@@ -15,12 +15,14 @@ import hashlib
 import os
 import secrets
 import stat
+import tempfile
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import BinaryIO
 
 import pathspec
 
@@ -333,7 +335,7 @@ def _store_one(repository: Repository, writer, item: SelectedFile, stamp: Source
             # Nothing stored is referenced unless the check passes.
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dbkeep-check") as checker:
                 described = checker.submit(describe_copy, item.path, copy_path, journal_mode=journal_mode, quick_check_above=settings.quick_check_above)
-                size, digest, chunk_ids = _store_stream(writer, capture_file(copy_path, READ_PIECE), chunk_size, stats)
+                size, digest, chunk_ids = _store_stream(writer, capture_file(copy_path, READ_PIECE), chunk_size, stats, spool=scratch)
                 info = described.result()
         finally:
             with contextlib.suppress(OSError):
@@ -342,10 +344,11 @@ def _store_one(repository: Repository, writer, item: SelectedFile, stamp: Source
             raise SourceError(f"{item.relative} fails {info.check} ({info.integrity}); refusing to store a damaged database as a good backup")
     else:
         info = None
-        size, digest, chunk_ids = _store_stream(writer, capture_file(item.path, READ_PIECE), settings.chunk_size, stats)
+        size, digest, chunk_ids = _store_stream(writer, capture_file(item.path, READ_PIECE), settings.chunk_size, stats, spool=scratch)
         if stamp != stamp_of(item.path, sqlite=False):
             stamp = None
-    chunk_lists, levels = writer.add_chunk_tree(chunk_ids)
+    with chunk_ids:
+        chunk_lists, levels = writer.add_chunk_tree_from(chunk_ids.pieces())
     return FileEntry(
         path=item.relative,
         kind=item.kind,
@@ -354,7 +357,7 @@ def _store_one(repository: Repository, writer, item: SelectedFile, stamp: Source
         mtime=status.st_mtime,
         sha256=digest,
         chunk_lists=tuple(chunk_lists),
-        chunk_count=len(chunk_ids) // CHUNK_ID_BYTES,
+        chunk_count=chunk_ids.count,
         chunk_list_levels=levels,
         sqlite=info,
         source=stamp if stamp is not None and is_settled(stamp, clock) else None,
@@ -367,7 +370,8 @@ def _store_server(writer, database: DatabaseConfig, stats: _Counter) -> FileEntr
     (size, digest, chunk_ids), info = capture_database(
         database, lambda pieces: _store_stream(writer, pieces, 0, stats, chunker=content_defined_chunks)
     )
-    chunk_lists, levels = writer.add_chunk_tree(chunk_ids)
+    with chunk_ids:
+        chunk_lists, levels = writer.add_chunk_tree_from(chunk_ids.pieces())
     return FileEntry(
         path=database.name,
         kind=database.engine,
@@ -376,7 +380,7 @@ def _store_server(writer, database: DatabaseConfig, stats: _Counter) -> FileEntr
         mtime=captured,
         sha256=digest,
         chunk_lists=tuple(chunk_lists),
-        chunk_count=len(chunk_ids) // CHUNK_ID_BYTES,
+        chunk_count=chunk_ids.count,
         chunk_list_levels=levels,
         server=info,
     )
@@ -414,29 +418,100 @@ def _batched(chunks: Iterable[bytes]) -> Iterator[list[bytes]]:
 
 
 def _store_stream(
-    writer, pieces: Iterable[bytes], chunk_size: int, stats: _Counter, *, chunker: Callable[[Iterable[bytes]], Iterable[bytes]] | None = None
-) -> tuple[int, str, bytearray]:
+    writer,
+    pieces: Iterable[bytes],
+    chunk_size: int,
+    stats: _Counter,
+    *,
+    chunker: Callable[[Iterable[bytes]], Iterable[bytes]] | None = None,
+    spool: Path | None = None,
+) -> tuple[int, str, ChunkIdSpool]:
     """Store a stream as chunks; returns (size, whole-stream SHA-256, the raw chunk ids in order).
 
     The SHA-256 is taken over the stream exactly as read, before any chunking,
     so it is independent of how chunks are cut and stored. The ids are kept as
-    32 bytes each, not as a string object each: a 1 GiB database has 262,144.
+    32 bytes each, not as a string object each (a 1 GiB database has 262,144),
+    and past ChunkIdSpool.MEMORY_BYTES in a temp file in ``spool`` when given.
     """
     whole = hashlib.sha256()
     counted = _Counter()
-    chunk_ids = bytearray()
+    chunk_ids = ChunkIdSpool(spool)
+    with contextlib.ExitStack() as on_failure:
+        on_failure.enter_context(chunk_ids)  # closed here only if storing fails
+        _store_chunks(writer, pieces, chunk_size, stats, chunker, whole, counted, chunk_ids)
+        on_failure.pop_all()
+    stats.logical_bytes += counted.logical_bytes
+    return counted.logical_bytes, whole.hexdigest(), chunk_ids
+
+
+def _store_chunks(writer, pieces: Iterable[bytes], chunk_size: int, stats: _Counter, chunker, whole: hashlib._Hash, counted: _Counter, chunk_ids: ChunkIdSpool) -> None:
+    """The body of ``_store_stream``: hash the stream aside, cut it, store the chunks, keep their ids."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dbkeep-file-hash") as hasher:
         hashed = _hashed_aside(pieces, whole, hasher, counted)
         batches = _batched(chunker(hashed)) if chunker else _fixed_chunks(hashed, chunk_size)
         for batch in batches:
             ids, new_chunks, new_bytes = writer.add_chunks(batch)
-            chunk_ids += ids
+            chunk_ids.extend(ids)
             stats.new_chunks += new_chunks
             stats.new_bytes += new_bytes
             stats.reused_chunks += len(batch) - new_chunks
             progress.advance(sum(len(chunk) for chunk in batch))
-    stats.logical_bytes += counted.logical_bytes
-    return counted.logical_bytes, whole.hexdigest(), chunk_ids
+
+
+class ChunkIdSpool:
+    """A file's raw chunk ids in order: in memory up to MEMORY_BYTES, then in an unnamed temp file.
+
+    A 1 GiB database has 262,144 ids (8 MiB), held until its chunk list tree is
+    written at the end of the file, when the backup's memory is at its highest;
+    the temp file goes in the scratch directory beside the database's copy.
+    Use as a context manager: leaving it closes (and so removes) the file.
+    """
+
+    MEMORY_BYTES = 1024 * 1024
+
+    def __init__(self, directory: Path | None) -> None:
+        self._directory = directory
+        self._memory = bytearray()
+        self._file: BinaryIO | None = None
+        self.count = 0
+
+    def extend(self, ids: bytes) -> None:
+        self._memory += ids
+        self.count += len(ids) // CHUNK_ID_BYTES
+        if self._directory is not None and len(self._memory) >= self.MEMORY_BYTES:
+            if self._file is None:
+                try:
+                    self._file = tempfile.TemporaryFile(dir=self._directory)
+                except OSError as error:
+                    raise describe_os_error("create a temp file in", self._directory, error) from error
+            self._write(self._memory)
+            self._memory = bytearray()
+
+    def _write(self, data: bytearray) -> None:
+        assert self._file is not None
+        try:
+            self._file.write(data)
+        except OSError as error:
+            raise describe_os_error("write a temp file in", self._directory, error) from error
+
+    def pieces(self) -> Iterator[bytes]:
+        """The ids in order, in pieces of whole ids."""
+        if self._file is not None:
+            try:
+                self._file.seek(0)
+                while piece := self._file.read(self.MEMORY_BYTES):
+                    yield piece
+            except OSError as error:
+                raise describe_os_error("read a temp file in", self._directory, error) from error
+        yield bytes(self._memory)
+
+    def __enter__(self) -> ChunkIdSpool:
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 #: Pieces handed to the whole-file hashing thread and not yet hashed.

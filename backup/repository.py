@@ -1077,7 +1077,21 @@ class ChunkWriter:
         CHUNK_TREE_FANOUT list ids, until at most CHUNK_TREE_FANOUT ids are left.
         """
         raw = chunk_ids if isinstance(chunk_ids, (bytes, bytearray)) else bytes.fromhex("".join(chunk_ids))
-        list_ids = self.add_chunk_list(raw, fanout=CHUNK_LIST_FANOUT)
+        return self.add_chunk_tree_from([raw])
+
+    def add_chunk_tree_from(self, pieces: Iterable[bytes | bytearray]) -> tuple[list[str], int]:
+        """``add_chunk_tree`` for raw ids given in pieces (each a whole number of ids), so they need not be held at once."""
+        step = CHUNK_LIST_FANOUT * CHUNK_ID_BYTES
+        list_ids: list[str] = []
+        carry = b""
+        for piece in pieces:
+            data = carry + piece if carry else piece
+            whole = len(data) - len(data) % step
+            if whole:
+                list_ids += self.add_chunk_list(data[:whole], fanout=CHUNK_LIST_FANOUT)
+            carry = bytes(data[whole:])
+        if carry or not list_ids:
+            list_ids += self.add_chunk_list(carry, fanout=CHUNK_LIST_FANOUT)
         levels = 1
         while len(list_ids) > CHUNK_TREE_FANOUT:
             list_ids = self.add_chunk_list(bytes.fromhex("".join(list_ids)), fanout=CHUNK_TREE_FANOUT)

@@ -142,3 +142,24 @@ def test_manifest_claiming_an_impossible_tree_depth_is_refused(tmp_path: Path, l
 
     with pytest.raises(CorruptManifest, match="chunk_list_levels"):
         Snapshot.from_json(forged, expected_id=snapshot.id)
+
+
+@pytest.mark.parametrize("spool_bytes", [96, 4096], ids=["spilled-every-3-ids", "spilled-every-128-ids"])
+def test_ids_spooled_to_a_temp_file_give_the_same_tree_as_ids_held_in_memory(large_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spool_bytes: int) -> None:
+    # A large file's chunk ids wait in a temp file until its tree is written; read
+    # back in pieces that cut leaves anywhere, they must make the very same lists.
+    from backup import operations
+
+    held = create_backup(_settings(large_project), paths=["app.db"]).snapshot.files[0]
+    spool_files = []
+    temporary_file = operations.tempfile.TemporaryFile
+    monkeypatch.setattr(operations.tempfile, "TemporaryFile", lambda **options: spool_files.append(options) or temporary_file(**options))
+    monkeypatch.setattr(operations.ChunkIdSpool, "MEMORY_BYTES", spool_bytes)
+    other = Settings(root=large_project, repository=tmp_path / "spooled-repo", lock_wait=0)
+    spooled = create_backup(other, paths=["app.db"]).snapshot.files[0]
+
+    assert spool_files and all(options["dir"] == other.scratch_directory for options in spool_files)
+    assert spooled.chunk_count == held.chunk_count > CHUNK_LIST_FANOUT * CHUNK_TREE_FANOUT
+    assert (spooled.chunk_lists, spooled.chunk_list_levels) == (held.chunk_lists, held.chunk_list_levels)
+    restore_backup(other, "latest", target=tmp_path / "restored")
+    assert hashlib.sha256((tmp_path / "restored" / "app.db").read_bytes()).hexdigest() == held.sha256
