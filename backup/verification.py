@@ -114,6 +114,10 @@ LOCKSTEP_FILES = 4
 #: (restore's batch) the versions of a 1 GiB database held 16 MiB between them
 #: and verify peaked at 122 MiB; at 1 MiB it peaked 10 MiB lower, in no more time.
 VERIFY_BATCH_BYTES = 1024 * 1024
+#: Leaf lists whose chunks' index rows are kept: versions read side by side are
+#: at most VERIFY_BATCH_BYTES apart (64 leaves of 4 KiB chunks), and the lists
+#: they share are looked up once instead of once per version.
+LEAF_ROWS_KEPT = 1024
 #: Chunk lists kept after reading them once (about 0.7 KiB each with their ids),
 #: for the snapshots after: the leaves of one version of a 1 GiB database. Lists
 #: the versions after it changed are read again, a few thousand at most.
@@ -150,6 +154,8 @@ class _State:
     frames: dict[tuple[str, int], list[range]] = field(default_factory=dict)
     #: frames whose chunks were all checked
     checked: set[tuple[str, int]] = field(default_factory=set)
+    #: leaf list id -> the index rows of its chunks, for the versions read side by side
+    leaf_rows: dict[str, list[int]] = field(default_factory=dict)
     #: (pack id, chunk id) -> why that copy of the chunk failed its check
     damaged: dict[tuple[str, str], CorruptData] = field(default_factory=dict)
 
@@ -483,8 +489,14 @@ def _pieces(repository: Repository, entry: FileEntry, state: _State) -> Iterator
     damaged = state.damaged
     runs: list[list] = []
     batch_bytes = 0
-    for _, leaf in _leaf_lists(repository, entry.chunk_lists, entry.chunk_list_levels, state):
-        rows = index.first_rows(leaf)
+    recent_rows = state.leaf_rows
+    for list_id, leaf in _leaf_lists(repository, entry.chunk_lists, entry.chunk_list_levels, state):
+        rows = recent_rows.get(list_id)
+        if rows is None:
+            rows = index.first_rows(leaf)
+            if len(recent_rows) >= LEAF_ROWS_KEPT:
+                recent_rows.clear()
+            recent_rows[list_id] = rows
         if -1 in rows:
             missing = leaf[rows.index(-1) * 32 :][:32].hex()
             raise _Damage("missing-chunk", f"chunk {missing} is not in any index", missing)
