@@ -996,6 +996,8 @@ class ChunkWriter:
         self._pack: _PackBeingBuilt | None = None
         #: Pack id -> its index rows, or the numbers of those rows in the index.
         self._written: dict[str, bytes | range] = {}
+        #: Packs written so far: a chunk looked up before a pack was written may be in it now.
+        self._packs_written = 0
         self.stored_bytes = 0
 
     def chunk_id(self, data: bytes | memoryview) -> str:
@@ -1031,6 +1033,11 @@ class ChunkWriter:
         """
         if self.reuse(chunk_id):
             return False
+        self._queue(chunk_id, data)
+        return True
+
+    def _queue(self, chunk_id: str, data: bytes | memoryview) -> None:
+        """Queue a chunk known to be new for the frame being gathered."""
         if self._run_broken and self._pending_bytes >= SCATTERED_FRAME_BYTES:
             self.close_frame()
         self._run_broken = False
@@ -1039,7 +1046,6 @@ class ChunkWriter:
         self._pending_bytes += len(data)
         if self._pending_bytes >= FRAME_TARGET_BYTES:
             self.close_frame()
-        return True
 
     def add_chunks(self, chunks: list[bytes] | list[memoryview]) -> tuple[bytes, int, int]:
         """Store a batch of chunks in order; returns (their raw 32-byte ids joined, how many were new, their bytes).
@@ -1052,12 +1058,21 @@ class ChunkWriter:
         digest_of = keyed.chunk_digest if keyed is not None else packformat.chunk_digest_of
         digests = [digest_of(chunk) for chunk in chunks]
         new_chunks = new_bytes = 0
+        packs_before = self._packs_written
+        pending = self._pending_ids
         for digest, chunk, known in zip(digests, chunks, self.stored_flags(digests)):
             if known:
                 self._run_broken = True
-            elif self.add(digest.hex(), chunk):  # asks again: an earlier chunk of the batch may be this one
-                new_chunks += 1
-                new_bytes += len(chunk)
+                continue
+            # An earlier chunk of the batch may be this one: queued (pending), or
+            # already in a pack written since the lookup (then ask the index again).
+            chunk_id = digest.hex()
+            if chunk_id in pending or (self._packs_written != packs_before and self.has(chunk_id)):
+                self._run_broken = True
+                continue
+            self._queue(chunk_id, chunk)
+            new_chunks += 1
+            new_bytes += len(chunk)
         return b"".join(digests), new_chunks, new_bytes
 
     def stored_flags(self, raw_ids: Iterable[bytes]) -> list[bool]:
@@ -1208,6 +1223,7 @@ class ChunkWriter:
         added = self.index.add_rows(rows)
         # The index holds the rows now; refer to them there rather than keep a copy.
         self._written[pack_id] = added if len(added) * INDEX_ROW.size == len(rows) else rows
+        self._packs_written += 1
         self._usable_packs.add(bytes.fromhex(pack_id))
         # Indexed now: the pending set only needs the chunks not yet in a pack.
         self._pending_ids.difference_update(pack.chunk_ids)

@@ -240,3 +240,34 @@ def test_writers_in_an_encrypted_repository_match_the_index_files(tmp_path, monk
     monkeypatch.setattr(repo_module, "FRAME_TARGET_BYTES", 700 + 97 * (seed % 5))
     monkeypatch.setattr(repo_module, "PACK_TARGET_BYTES", 1500 + 311 * (seed % 7))
     _writer_rounds(tmp_path, seed, passphrase="model test passphrase")
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_batch_stores_each_chunk_once_while_packs_are_written_under_it(tmp_path, monkeypatch, seed: int) -> None:
+    # add_chunks looks every chunk up once, before the batch; a chunk met again
+    # later in the batch is then queued, or already in a pack written since.
+    import random
+
+    from backup import repository as repo_module
+    from backup.repository import Repository
+    from backup.storage import LocalStorage
+
+    monkeypatch.setattr(repo_module, "FRAME_TARGET_BYTES", 700 + 97 * (seed % 5))
+    monkeypatch.setattr(repo_module, "PACK_TARGET_BYTES", 1500 + 311 * (seed % 7))
+    rng = random.Random(seed)
+    repository = Repository.init(LocalStorage(tmp_path / "repo"), chunk_size=4096, compression_level=rng.choice([0, 3]))
+    pool = [rng.randbytes(rng.randint(300, 600)) for _ in range(40)]
+    batch = [rng.choice(pool) for _ in range(200)]
+    with repository.writer() as writer:
+        ids, new_chunks, new_bytes = writer.add_chunks(batch)
+        assert writer._packs_written > 1, "packs must be written during the batch for this test to mean anything"
+        writer.finish()
+    distinct = {bytes(chunk) for chunk in batch}
+    assert new_chunks == len(distinct)
+    assert new_bytes == sum(len(chunk) for chunk in distinct)
+    assert ids == b"".join(hashlib.sha256(chunk).digest() for chunk in batch)
+    fresh = Repository.open(LocalStorage(tmp_path / "repo"))
+    for chunk in distinct:
+        chunk_id = hashlib.sha256(chunk).hexdigest()
+        assert len(fresh.index().all_locations(chunk_id)) == 1
+        assert fresh.read_chunk(chunk_id) == chunk
