@@ -992,6 +992,8 @@ class ChunkWriter:
         # release the GIL, so it overlaps reading and hashing on the other cores.
         # Frames are placed in the order they were closed, whichever worker built them.
         self._executor: ThreadPoolExecutor | None = None
+        #: Hashes and writes placed frames into the staged pack, in order, off the main thread.
+        self._pack_io: ThreadPoolExecutor | None = None
         self._in_flight: collections.deque[Future[Frame]] = collections.deque()
         self._pack: _PackBeingBuilt | None = None
         #: Pack id -> its index rows, or the numbers of those rows in the index.
@@ -1191,10 +1193,14 @@ class ChunkWriter:
         if self._keep_entries:
             pack.kept += packformat.header_entries(placed)
         pack.chunk_ids += [chunk_id for chunk_id, _, _ in frame.chunks]
-        pack.digest.update(frame.data)
         if pack.staged is not None:
-            pack.staged.write(frame.data)
+            if self._pack_io is None:
+                self._pack_io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dbkeep-pack-io")
+            pack.io.append(self._pack_io.submit(_hash_and_stage, pack.digest, pack.staged, frame.data))
+            if len(pack.io) > FRAMES_IN_FLIGHT:
+                pack.io.popleft().result()
         else:
+            pack.digest.update(frame.data)
             # zstandard hands the frame back in a buffer sized for the worst case
             # and never shrinks it; held with 15 more until the pack is written, a
             # copy of the exact size lets that address space go.
@@ -1205,6 +1211,8 @@ class ChunkWriter:
         pack = self._pack
         if pack is None:
             return
+        while pack.io:
+            pack.io.popleft().result()
         entries = bytes(pack.entries)  # for the header and the index rows
         header = self.repository.pack_header(entries)
         digest = pack.digest.copy()
@@ -1236,11 +1244,14 @@ class ChunkWriter:
             self._place_ready_frames(wait_for_all=True)
         finally:
             self._stop_worker()
-        with self._failing_for_good():
-            self._write_pack()
-            if self._written:
-                self.repository._write_index_file(encode_index_rows(self._written, held=self.index))
-                self._written = {}
+        try:
+            with self._failing_for_good():
+                self._write_pack()
+                if self._written:
+                    self.repository._write_index_file(encode_index_rows(self._written, held=self.index))
+                    self._written = {}
+        finally:
+            self._stop_pack_io()
         self._pending_ids.clear()
 
     def __enter__(self) -> ChunkWriter:
@@ -1252,6 +1263,7 @@ class ChunkWriter:
     def discard(self) -> None:
         """Drop what ``finish`` did not make durable: the workers and a half-written pack (nothing was referenced)."""
         self._stop_worker()
+        self._stop_pack_io()
         if self._pack is not None and self._pack.staged is not None:
             self._pack.staged.discard()
         self._pack = None
@@ -1263,6 +1275,15 @@ class ChunkWriter:
             self._in_flight.clear()
             self._executor.shutdown(wait=True)
             self._executor = None
+
+    def _stop_pack_io(self) -> None:
+        """Stop the pack writing thread: nothing writes into a staged pack once this returns."""
+        if self._pack_io is not None:
+            if self._pack is not None:
+                for future in self._pack.io:
+                    future.cancel()
+            self._pack_io.shutdown(wait=True)
+            self._pack_io = None
 
 
 @dataclass(slots=True)
@@ -1277,6 +1298,14 @@ class _PackBeingBuilt:
     chunk_ids: list[str] = field(default_factory=list)
     kept: list[PackEntry] = field(default_factory=list)
     size: int = 0  # bytes of frames placed so far: the next frame's offset
+    #: Frames handed to the pack's hashing-and-writing thread, oldest first.
+    io: collections.deque[Future[None]] = field(default_factory=collections.deque)
+
+
+def _hash_and_stage(digest: hashlib._Hash, staged: Staged, data: bytes) -> None:
+    """Add a frame to a staged pack and its running hash (both let go of the GIL)."""
+    digest.update(data)
+    staged.write(data)
 
 
 def _index_rows(pack_id: str, size: int, entries: bytes) -> bytes:
