@@ -829,14 +829,19 @@ def _materialise(repository: Repository, item: RestoreItem) -> Path:
                 os.ftruncate(descriptor, 0)
                 os.lseek(descriptor, 0, os.SEEK_SET)
                 digest, size = _write_pieces(descriptor, repository.read_file_chunks(entry.chunk_lists, levels=entry.chunk_list_levels))
-            fsio.fsync(descriptor)
+            intact = digest.hexdigest() == entry.sha256 and size == entry.size
+            # SQLite checks the copy (from the page cache) while it is made durable;
+            # the descriptor is closed only after the check is done with the file.
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dbkeep-restore-check") as checker:
+                checking = checker.submit(check_sqlite_copy, temp, entry.sqlite) if intact and entry.sqlite is not None else None
+                fsio.fsync(descriptor)
+                messages = checking.result() if checking is not None else []
         finally:
             os.close(descriptor)
-        if digest.hexdigest() != entry.sha256 or size != entry.size:
+        if not intact:
             problems.append(Problem(kind="file-hash", message="restored bytes do not match the recorded SHA-256", snapshot_id=None, path=item.entry.path))
-        elif item.entry.sqlite is not None:
-            for message in check_sqlite_copy(temp, item.entry.sqlite):
-                problems.append(Problem(kind="sqlite-check", message=message, snapshot_id=None, path=item.entry.path))
+        for message in messages:
+            problems.append(Problem(kind="sqlite-check", message=message, snapshot_id=None, path=item.entry.path))
     except CorruptData as error:
         problems.append(Problem(kind="corrupt-data", message=str(error), snapshot_id=None, path=item.entry.path))
     except OSError as error:
