@@ -1081,7 +1081,7 @@ class ChunkWriter:
         """For each raw chunk id: is it stored in a usable pack already? (``has`` for many, without the pending ones.)
 
         False can be out of date by the time a chunk is added (an earlier chunk of
-        the same batch may be it), so False is checked again through ``add``;
+        the same batch may be it), so ``add_chunks`` checks False again;
         True stays true (packs are not removed while a writer runs).
         """
         return self.index.held_flags(raw_ids, self._usable_packs)
@@ -1228,9 +1228,12 @@ class ChunkWriter:
         rows = _index_rows(pack_id, size, entries)
         if self._keep_entries:
             self.packs_written[pack_id] = (size, pack.kept)
+        # The index holds the rows now; refer to them there rather than keep a copy,
+        # unless the pack was listed already: held rows give a pack the size it was
+        # first listed with, and a damaged index file may have listed it with another.
+        fresh = pack_id not in self.index.pack_sizes
         added = self.index.add_rows(rows)
-        # The index holds the rows now; refer to them there rather than keep a copy.
-        self._written[pack_id] = added if len(added) * INDEX_ROW.size == len(rows) else rows
+        self._written[pack_id] = added if fresh and len(added) * INDEX_ROW.size == len(rows) else rows
         self._packs_written += 1
         self._usable_packs.add(bytes.fromhex(pack_id))
         # Indexed now: the pending set only needs the chunks not yet in a pack.

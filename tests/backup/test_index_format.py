@@ -73,3 +73,38 @@ def test_index_file_bytes_depend_only_on_the_packs_listed(tmp_path, make_setting
     assert data.startswith(INDEX_MAGIC)
     assert encode_index(shuffled) == data
     assert hashlib.sha256(data).hexdigest() == path.name
+
+
+def test_a_pack_stored_again_is_indexed_with_its_real_size_whatever_a_damaged_file_says(tmp_path):
+    # The in-memory index keeps one size per pack, the first listed. A pack lost and
+    # stored again under the same id must go into the new index file with the size
+    # it was written with, not one a damaged (but hash-named) index file claims.
+    import zstandard
+
+    from backup.chunk_index import ROW
+    from backup.repository import decode_index_rows
+
+    storage = LocalStorage(tmp_path / "repo")
+    repository = Repository.init(storage, chunk_size=4096, compression_level=0)
+    chunks = [bytes([number]) * 4096 for number in range(20)]
+    with repository.writer() as writer:
+        writer.add_chunks(chunks)
+        writer.finish()
+    [(pack_id, size)] = repository.index().pack_sizes.items()
+    for path in [*(tmp_path / "repo" / "packs").rglob(pack_id), *(tmp_path / "repo" / "index").iterdir()]:
+        path.unlink()
+    forged = INDEX_MAGIC + zstandard.ZstdCompressor(write_content_size=True).compress(ROW.pack(bytes.fromhex(pack_id), size + 7, hashlib.sha256(b"x").digest(), 0, 10, 0, 10, 0))
+    forged_name = hashlib.sha256(forged).hexdigest()
+    (tmp_path / "repo" / "index" / forged_name).write_bytes(forged)
+
+    repository = Repository.open(storage)
+    with repository.writer() as writer:
+        writer.add_chunks(chunks)  # the same frames: the same pack id again
+        writer.finish()
+
+    assert [info.size for info in storage.list("packs")] == [size]
+    [new_file] = [info.name for info in storage.list("index") if not info.name.endswith(forged_name)]
+    rows = decode_index_rows(storage.get(new_file), new_file)
+    assert {int.from_bytes(rows[start + 32 : start + 40], "little") for start in range(0, len(rows), ROW.size)} == {size}
+    (tmp_path / "repo" / "index" / forged_name).unlink()
+    assert Repository.open(storage).index().pack_sizes == {pack_id: size}
