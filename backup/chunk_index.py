@@ -81,14 +81,22 @@ def hex_ids(data: bytes) -> list[str]:
     return [raw.hex() for raw in split_ids(data)]
 
 
+def join_run(runs: list[list], run: list) -> None:
+    """Append a run (as ``Index.add_runs`` makes them) to ``runs``, or extend the last one when adjacent in one frame.
+
+    ``Index.add_runs`` does the same inline, one row at a time, on its hot path.
+    """
+    last = runs[-1] if runs else None
+    if last is not None and last[0] == run[0] and last[1].frame_offset == run[1].frame_offset and last[3] == run[2]:
+        last[3] = run[3]
+    else:
+        runs.append(run)
+
+
 def add_location_run(location: ChunkLocation, runs: list[list]) -> int:
     """``Index.add_runs`` for one chunk given by its location (a copy other than its first)."""
     entry = location.entry
-    last = runs[-1] if runs else None
-    if last is not None and last[0] == location.pack_id and last[1].frame_offset == entry.frame_offset and last[3] == entry.offset_in_frame:
-        last[3] = entry.offset_in_frame + entry.length
-    else:
-        runs.append([location.pack_id, entry, entry.offset_in_frame, entry.offset_in_frame + entry.length])
+    join_run(runs, [location.pack_id, entry, entry.offset_in_frame, entry.offset_in_frame + entry.length])
     return entry.length
 
 
@@ -122,10 +130,10 @@ class Index:
     ``locations`` maps each chunk id to its first location (the copy read first);
     ``all_locations`` also gives the further copies of a chunk stored again after
     its first pack was lost, tried in turn. Rows must be checked before they are
-    added (repository.decode_index_rows does).
+    added (repository.index_row_pieces does).
     """
 
-    __slots__ = ("pack_sizes", "files", "problems", "locations", "_rows", "_count", "_keys", "_order", "_shift", "_starts", "_recent", "_pack_hex", "_packs", "_numbers", "_lookups")
+    __slots__ = ("pack_sizes", "files", "problems", "locations", "_rows", "_count", "_keys", "_order", "_shift", "_starts", "_recent", "_packs", "_pack_ids", "_numbers", "_lookups")
 
     def __init__(self) -> None:
         self.pack_sizes: dict[str, int] = {}
@@ -143,10 +151,10 @@ class Index:
         # Rows added since the last sort (the rows from len(_keys) on): prefix -> row
         # number, or a list of them when several share the prefix, oldest first.
         self._recent: dict[int, int | list[int]] = {}
-        self._pack_hex: dict[bytes, str] = {}
-        # Pack number (as held rows give it) -> raw pack id, and raw pack id -> its
-        # number as the 4 bytes a held row starts with.
+        # Pack number (as held rows give it) -> raw pack id and hex pack id, and raw
+        # pack id -> its number as the 4 bytes a held row starts with.
         self._packs: list[bytes] = []
+        self._pack_ids: list[str] = []
         self._numbers: dict[bytes, bytes] = {}
         self._lookups: dict[str, ChunkLocation] = {}
 
@@ -185,7 +193,7 @@ class Index:
         """Hold ``rows`` after the others; ``fresh`` collects the packs first met in the same call."""
         if not rows:
             return
-        known = self._pack_hex
+        known = self._numbers
         seen_before = False
         for raw_pack_id, size in _PACK_AND_SIZE.iter_unpack(rows):
             if raw_pack_id in fresh:
@@ -194,10 +202,11 @@ class Index:
                 seen_before = True
                 continue
             fresh.add(raw_pack_id)
-            pack_id = known[raw_pack_id] = raw_pack_id.hex()
+            pack_id = raw_pack_id.hex()
             self.pack_sizes[pack_id] = size
-            self._numbers[raw_pack_id] = len(self._packs).to_bytes(4, "little")
+            known[raw_pack_id] = len(self._packs).to_bytes(4, "little")
             self._packs.append(raw_pack_id)
+            self._pack_ids.append(pack_id)
         if seen_before:
             rows = self._rows_not_held(rows, fresh)
         self._hold(rows)
@@ -245,7 +254,7 @@ class Index:
             if raw_pack_id in fresh:
                 kept += row
                 continue
-            pack_id = self._pack_hex[raw_pack_id]
+            pack_id = raw_pack_id.hex()
             size = int.from_bytes(row[32:40], "little")
             if size != self.pack_sizes[pack_id]:
                 self.problems.append(f"pack {pack_id} is listed with size {size} and with size {self.pack_sizes[pack_id]} by two index files: one of them is damaged")
@@ -259,15 +268,14 @@ class Index:
 
     def row_bytes(self, rows: range) -> bytearray:
         """Consecutive rows, as ``add_rows`` numbered them, as index file rows."""
-        packs, sizes = self._packs, self.pack_sizes
+        packs, pack_ids, sizes = self._packs, self._pack_ids, self.pack_sizes
         prefixes: dict[int, bytes] = {}
         out = bytearray()
         with memoryview(self._rows) as view:
             for number, entry in _SPLIT_HELD.iter_unpack(view[rows.start * HELD.size : rows.stop * HELD.size]):
                 prefix = prefixes.get(number)
                 if prefix is None:
-                    raw_pack_id = packs[number]
-                    prefix = prefixes[number] = raw_pack_id + sizes[self._pack_hex[raw_pack_id]].to_bytes(8, "little")
+                    prefix = prefixes[number] = packs[number] + sizes[pack_ids[number]].to_bytes(8, "little")
                 out += prefix
                 out += entry
         return out
@@ -360,7 +368,7 @@ class Index:
             length=length,
             compression=compression,
         )
-        return self._pack_hex[self._packs[number]], entry
+        return self._pack_ids[number], entry
 
     def location_of(self, row: int, chunk_id: str | None = None) -> ChunkLocation:
         pack_id, entry = self._entry(row, chunk_id)
@@ -445,13 +453,13 @@ class Index:
         frame's decompressed bytes (what Repository.read_runs reads); an entry is
         made only for the first chunk of a run. Returns the bytes added.
         """
-        data, pack_hex, packs, place = self._rows, self._pack_hex, self._packs, _RUN_PLACE.unpack_from
+        data, pack_ids, place = self._rows, self._pack_ids, _RUN_PLACE.unpack_from
         last = runs[-1] if runs else None
         added = 0
         for row in rows:
             number, frame_offset, offset_in_frame, length = place(data, row * HELD.size)
             added += length
-            if last is not None and last[3] == offset_in_frame and last[1].frame_offset == frame_offset and last[0] == pack_hex[packs[number]]:
+            if last is not None and last[3] == offset_in_frame and last[1].frame_offset == frame_offset and last[0] == pack_ids[number]:
                 last[3] = offset_in_frame + length
                 continue
             pack_id, entry = self._entry(row)
@@ -461,7 +469,7 @@ class Index:
 
     def packs_holding(self, chunk_id: str) -> list[str]:
         """The ids of the packs holding the chunk, without building its locations."""
-        return [self._pack_hex[self._packs[int.from_bytes(self._rows[row * HELD.size : row * HELD.size + 4], "little")]] for row in self._rows_of(chunk_id)]
+        return [self._pack_ids[int.from_bytes(self._rows[row * HELD.size : row * HELD.size + 4], "little")] for row in self._rows_of(chunk_id)]
 
     def all_locations(self, chunk_id: str) -> list[ChunkLocation]:
         """Every copy of the chunk (one per pack), the first stored first."""
@@ -499,8 +507,8 @@ class Index:
         """The rows of each pack and of each (pack, frame offset), as runs of row numbers.
 
         A pack's rows come from one index file in pack order, so each pack and
-        each frame is usually one run; ``entries_in`` turns runs into entries only
-        for the pack or frame being checked.
+        each frame is usually one run; ``raw_entries_in`` and ``frame_members``
+        read the rows of runs only for the pack or frame being checked.
         """
         starts: list[tuple[int, tuple[int, int]]] = []
         previous = None
@@ -512,7 +520,7 @@ class Index:
         by_frame: dict[tuple[str, int], list[range]] = {}
         stops = [start for start, _ in starts[1:]] + [self._count]
         for (start, (number, frame_offset)), stop in zip(starts, stops):
-            pack_id = self._pack_hex[self._packs[number]]
+            pack_id = self._pack_ids[number]
             by_frame.setdefault((pack_id, frame_offset), []).append(range(start, stop))
             runs = by_pack.setdefault(pack_id, [])
             if runs and runs[-1].stop == start:

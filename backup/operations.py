@@ -7,7 +7,6 @@ docs/format.md. Returns report records; never prints, never maps exit codes.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import errno
 import dataclasses
@@ -18,7 +17,7 @@ import stat
 import tempfile
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,6 +39,7 @@ from .errors import (
     UsageError,
     VerificationFailed,
 )
+from .inorder import InOrder
 from .ledger import load_ledger
 from .lookup import resolve_snapshot
 from .manifest import FileEntry, Snapshot, SnapshotStats, SourceStamp
@@ -438,26 +438,22 @@ def _store_stream(
     whole = hashlib.sha256()
     counted = _Counter()
     chunk_ids = ChunkIdSpool(spool)
-    with contextlib.ExitStack() as on_failure:
-        on_failure.enter_context(chunk_ids)  # closed here only if storing fails
-        _store_chunks(writer, pieces, chunk_size, stats, chunker, whole, counted, chunk_ids)
-        on_failure.pop_all()
+    try:
+        with InOrder("dbkeep-file-hash", ahead=HASH_PIECES_AHEAD) as hashing:
+            hashed = _hashed_aside(pieces, whole, hashing, counted)
+            batches = _batched(chunker(hashed)) if chunker else _fixed_chunks(hashed, chunk_size)
+            for batch in batches:
+                ids, new_chunks, new_bytes = writer.add_chunks(batch)
+                chunk_ids.extend(ids)
+                stats.new_chunks += new_chunks
+                stats.new_bytes += new_bytes
+                stats.reused_chunks += len(batch) - new_chunks
+                progress.advance(sum(len(chunk) for chunk in batch))
+    except BaseException:
+        chunk_ids.close()  # the caller gets it only when storing succeeded
+        raise
     stats.logical_bytes += counted.logical_bytes
     return counted.logical_bytes, whole.hexdigest(), chunk_ids
-
-
-def _store_chunks(writer, pieces: Iterable[bytes], chunk_size: int, stats: _Counter, chunker, whole: hashlib._Hash, counted: _Counter, chunk_ids: ChunkIdSpool) -> None:
-    """The body of ``_store_stream``: hash the stream aside, cut it, store the chunks, keep their ids."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dbkeep-file-hash") as hasher:
-        hashed = _hashed_aside(pieces, whole, hasher, counted)
-        batches = _batched(chunker(hashed)) if chunker else _fixed_chunks(hashed, chunk_size)
-        for batch in batches:
-            ids, new_chunks, new_bytes = writer.add_chunks(batch)
-            chunk_ids.extend(ids)
-            stats.new_chunks += new_chunks
-            stats.new_bytes += new_bytes
-            stats.reused_chunks += len(batch) - new_chunks
-            progress.advance(sum(len(chunk) for chunk in batch))
 
 
 class ChunkIdSpool:
@@ -486,15 +482,11 @@ class ChunkIdSpool:
                     self._file = tempfile.TemporaryFile(dir=self._directory)
                 except OSError as error:
                     raise describe_os_error("create a temp file in", self._directory, error) from error
-            self._write(self._memory)
+            try:
+                self._file.write(self._memory)
+            except OSError as error:
+                raise describe_os_error("write a temp file in", self._directory, error) from error
             self._memory = bytearray()
-
-    def _write(self, data: bytearray) -> None:
-        assert self._file is not None
-        try:
-            self._file.write(data)
-        except OSError as error:
-            raise describe_os_error("write a temp file in", self._directory, error) from error
 
     def pieces(self) -> Iterator[bytes]:
         """The ids in order, in pieces of whole ids."""
@@ -507,21 +499,25 @@ class ChunkIdSpool:
                 raise describe_os_error("read a temp file in", self._directory, error) from error
         yield bytes(self._memory)
 
+    def close(self) -> None:
+        """Close (and so remove) the temp file, if there is one."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
     def __enter__(self) -> ChunkIdSpool:
         return self
 
     def __exit__(self, *exception: object) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        self.close()
 
 
 #: Pieces handed to the whole-file hashing thread and not yet hashed.
 HASH_PIECES_AHEAD = 4
 
 
-def _hashed_aside(pieces: Iterable[bytes], whole: hashlib._Hash, hasher: ThreadPoolExecutor, counted: _Counter) -> Iterator[bytes]:
-    """The pieces as they come, each also fed to ``whole`` on the ``hasher`` thread, in order.
+def _hashed_aside(pieces: Iterable[bytes], whole: hashlib._Hash, hashing: InOrder, counted: _Counter) -> Iterator[bytes]:
+    """The pieces as they come, each also fed to ``whole`` on the ``hashing`` thread, in order.
 
     hashlib lets go of the GIL while it hashes a piece, so the file's SHA-256 is
     taken on a second core while this thread hashes and looks up the chunks: a
@@ -530,19 +526,11 @@ def _hashed_aside(pieces: Iterable[bytes], whole: hashlib._Hash, hasher: ThreadP
     A piece is hashed after it was yielded, so pieces must not change once
     yielded: every source gives immutable ``bytes``.
     """
-    waiting: collections.deque[Future[None]] = collections.deque()
-    try:
-        for piece in pieces:
-            waiting.append(hasher.submit(whole.update, piece))
-            counted.logical_bytes += len(piece)
-            if len(waiting) > HASH_PIECES_AHEAD:
-                waiting.popleft().result()
-            yield piece
-        while waiting:
-            waiting.popleft().result()
-    finally:
-        for future in waiting:
-            future.cancel()
+    for piece in pieces:
+        hashing.submit(whole.update, piece)
+        counted.logical_bytes += len(piece)
+        yield piece
+    hashing.drain()
 
 
 # -- list / find ---------------------------------------------------------------------
@@ -884,28 +872,20 @@ def _write_pieces(descriptor: int, pieces: Iterable[bytes | memoryview]) -> tupl
         digest.update(batch)
         fsio.write(descriptor, batch)
 
-    waiting: collections.deque[Future[None]] = collections.deque()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dbkeep-restore-write") as writer:
-        try:
-            buffer = bytearray()
-            for piece in pieces:
-                buffer += piece
-                if len(buffer) >= WRITE_PIECE:
-                    waiting.append(writer.submit(hash_and_write, buffer))
-                    size += len(buffer)
-                    progress.advance(len(buffer))
-                    buffer = bytearray()
-                    if len(waiting) > WRITES_AHEAD:
-                        waiting.popleft().result()
-            if buffer:
-                waiting.append(writer.submit(hash_and_write, buffer))
+    with InOrder("dbkeep-restore-write", ahead=WRITES_AHEAD) as writing:
+        buffer = bytearray()
+        for piece in pieces:
+            buffer += piece
+            if len(buffer) >= WRITE_PIECE:
+                writing.submit(hash_and_write, buffer)
                 size += len(buffer)
                 progress.advance(len(buffer))
-            while waiting:
-                waiting.popleft().result()
-        finally:
-            for future in waiting:
-                future.cancel()
+                buffer = bytearray()
+        if buffer:
+            writing.submit(hash_and_write, buffer)
+            size += len(buffer)
+            progress.advance(len(buffer))
+        writing.drain()
     return digest, size
 
 

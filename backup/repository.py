@@ -50,6 +50,7 @@ from .errors import (
     StorageError,
 )
 from .chunk_index import ChunkLocation, Index, encode_rows, hex_ids
+from .inorder import InOrder
 from .manifest import MAX_CHUNK_LIST_LEVELS, MAX_MANIFEST_BYTES, Snapshot, check_snapshot_id, seal, unseal
 from .pack import Frame, PackEntry, check_id
 from .storage import LocalStorage, Staged, Storage, describe_os_error
@@ -297,6 +298,7 @@ def _row_pieces(compressed: memoryview, declared: int, name: str) -> Iterator[by
         raise CorruptIndex(f"index file {name} decompresses to {min(total, declared + 1)} bytes, not the {declared} its frame declares: it is damaged")
 
 
+#: The fields of a row that have bounds: pack id, pack size, frame length, offset in frame, length, compression.
 _ROW_BOUNDS = struct.Struct("<32sQ40xIIIB")
 
 
@@ -332,6 +334,9 @@ class Repository:
         self.config = config
         #: The master keys of an encrypted repository; None when it is not encrypted.
         self.keys = keys
+        #: A chunk's id as the raw 32 bytes index rows and chunk lists hold (``chunk_id``
+        #: in hex): chosen once, as it runs for every chunk a backup or verify sees.
+        self.chunk_digest: Callable[[bytes | memoryview], bytes] = keys.chunk_digest if keys is not None else packformat.chunk_digest_of
         self._index: Index | None = None
         self._frame_cache: collections.OrderedDict[tuple[str, int], bytes] = collections.OrderedDict()
         self._frame_cache_bytes = 0
@@ -478,10 +483,6 @@ class Repository:
     def chunk_id(self, data: bytes | memoryview) -> str:
         """A chunk's id: SHA-256 of its bytes, or HMAC-SHA256 under the repository key."""
         return self.keys.chunk_id(data) if self.keys is not None else packformat.chunk_id_of(data)
-
-    def chunk_digest(self, data: bytes | memoryview) -> bytes:
-        """``chunk_id`` as the raw 32 bytes that index rows and chunk lists hold."""
-        return self.keys.chunk_digest(data) if self.keys is not None else packformat.chunk_digest_of(data)
 
     def _aad(self, kind: str, name: str = "") -> bytes:
         return crypto.associated_data(kind, self.config.id, name)
@@ -993,13 +994,11 @@ class ChunkWriter:
         # Frames are placed in the order they were closed, whichever worker built them.
         self._executor: ThreadPoolExecutor | None = None
         #: Hashes and writes placed frames into the staged pack, in order, off the main thread.
-        self._pack_io: ThreadPoolExecutor | None = None
+        self._pack_io = InOrder("dbkeep-pack-io", ahead=FRAMES_IN_FLIGHT)
         self._in_flight: collections.deque[Future[Frame]] = collections.deque()
         self._pack: _PackBeingBuilt | None = None
         #: Pack id -> its index rows, or the numbers of those rows in the index.
         self._written: dict[str, bytes | range] = {}
-        #: Packs written so far: a chunk looked up before a pack was written may be in it now.
-        self._packs_written = 0
         self.stored_bytes = 0
 
     def chunk_id(self, data: bytes | memoryview) -> str:
@@ -1056,20 +1055,20 @@ class ChunkWriter:
         what a 4 KiB chunk size can afford: ids stay raw digests, and only a new
         chunk's id is spelled in hex.
         """
-        keyed = self.repository.keys
-        digest_of = keyed.chunk_digest if keyed is not None else packformat.chunk_digest_of
+        digest_of = self.repository.chunk_digest
         digests = [digest_of(chunk) for chunk in chunks]
         new_chunks = new_bytes = 0
-        packs_before = self._packs_written
+        usable_before = len(self._usable_packs)
         pending = self._pending_ids
         for digest, chunk, known in zip(digests, chunks, self.stored_flags(digests)):
             if known:
                 self._run_broken = True
                 continue
             # An earlier chunk of the batch may be this one: queued (pending), or
-            # already in a pack written since the lookup (then ask the index again).
+            # already in a pack written since the lookup, which made one more pack
+            # usable (only then can the index answer otherwise: ask it again).
             chunk_id = digest.hex()
-            if chunk_id in pending or (self._packs_written != packs_before and self.has(chunk_id)):
+            if chunk_id in pending or (len(self._usable_packs) != usable_before and self.has(chunk_id)):
                 self._run_broken = True
                 continue
             self._queue(chunk_id, chunk)
@@ -1194,11 +1193,7 @@ class ChunkWriter:
             pack.kept += packformat.header_entries(placed)
         pack.chunk_ids += [chunk_id for chunk_id, _, _ in frame.chunks]
         if pack.staged is not None:
-            if self._pack_io is None:
-                self._pack_io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dbkeep-pack-io")
-            pack.io.append(self._pack_io.submit(_hash_and_stage, pack.digest, pack.staged, frame.data))
-            if len(pack.io) > FRAMES_IN_FLIGHT:
-                pack.io.popleft().result()
+            self._pack_io.submit(_hash_and_stage, pack.digest, pack.staged, frame.data)
         else:
             pack.digest.update(frame.data)
             # zstandard hands the frame back in a buffer sized for the worst case
@@ -1211,8 +1206,7 @@ class ChunkWriter:
         pack = self._pack
         if pack is None:
             return
-        while pack.io:
-            pack.io.popleft().result()
+        self._pack_io.drain()
         entries = bytes(pack.entries)  # for the header and the index rows
         header = self.repository.pack_header(entries)
         digest = pack.digest.copy()
@@ -1234,7 +1228,6 @@ class ChunkWriter:
         fresh = pack_id not in self.index.pack_sizes
         added = self.index.add_rows(rows)
         self._written[pack_id] = added if fresh and len(added) * INDEX_ROW.size == len(rows) else rows
-        self._packs_written += 1
         self._usable_packs.add(bytes.fromhex(pack_id))
         # Indexed now: the pending set only needs the chunks not yet in a pack.
         self._pending_ids.difference_update(pack.chunk_ids)
@@ -1254,7 +1247,7 @@ class ChunkWriter:
                     self.repository._write_index_file(encode_index_rows(self._written, held=self.index))
                     self._written = {}
         finally:
-            self._stop_pack_io()
+            self._pack_io.close()
         self._pending_ids.clear()
 
     def __enter__(self) -> ChunkWriter:
@@ -1266,7 +1259,7 @@ class ChunkWriter:
     def discard(self) -> None:
         """Drop what ``finish`` did not make durable: the workers and a half-written pack (nothing was referenced)."""
         self._stop_worker()
-        self._stop_pack_io()
+        self._pack_io.close()  # nothing writes into the staged pack after this
         if self._pack is not None and self._pack.staged is not None:
             self._pack.staged.discard()
         self._pack = None
@@ -1278,15 +1271,6 @@ class ChunkWriter:
             self._in_flight.clear()
             self._executor.shutdown(wait=True)
             self._executor = None
-
-    def _stop_pack_io(self) -> None:
-        """Stop the pack writing thread: nothing writes into a staged pack once this returns."""
-        if self._pack_io is not None:
-            if self._pack is not None:
-                for future in self._pack.io:
-                    future.cancel()
-            self._pack_io.shutdown(wait=True)
-            self._pack_io = None
 
 
 @dataclass(slots=True)
@@ -1301,8 +1285,6 @@ class _PackBeingBuilt:
     chunk_ids: list[str] = field(default_factory=list)
     kept: list[PackEntry] = field(default_factory=list)
     size: int = 0  # bytes of frames placed so far: the next frame's offset
-    #: Frames handed to the pack's hashing-and-writing thread, oldest first.
-    io: collections.deque[Future[None]] = field(default_factory=collections.deque)
 
 
 def _hash_and_stage(digest: hashlib._Hash, staged: Staged, data: bytes) -> None:

@@ -10,17 +10,16 @@ instead of stopping at the first; strictly read-only.
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import heapq
 from collections.abc import Collection, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from . import pack as packformat
 from . import progress
-from .chunk_index import add_location_run, hex_ids, split_ids
+from .chunk_index import add_location_run, hex_ids, join_run, split_ids
 from .errors import CorruptData, StorageError
+from .inorder import InOrder
 from .manifest import FileEntry, Snapshot
 from .pack import PackEntry
 from .repository import ChunkLocation, Repository, pack_name
@@ -212,15 +211,18 @@ def _hash_pack(storage: Storage, name: str, size: int) -> tuple[str, bytes]:
     """
     digest = hashlib.sha256()
     last = b""
-    first = size % PACK_READ_PIECE or min(size, PACK_READ_PIECE)
-    for offset in [0, *range(first, size, PACK_READ_PIECE)] if size else []:
-        last = storage.get_range(name, offset, (first if offset == 0 else PACK_READ_PIECE))
+    offset, length = 0, size % PACK_READ_PIECE or min(size, PACK_READ_PIECE)
+    while offset < size:
+        last = storage.get_range(name, offset, length)
         digest.update(last)
-    trailer_size = min(size, packformat.TRAILER.size)
-    trailer = last[len(last) - trailer_size :] if trailer_size <= len(last) else storage.get_range(name, size - trailer_size, trailer_size)
-    span = min(size, packformat.header_span(trailer))
-    tail = last[len(last) - span :] if span <= len(last) else storage.get_range(name, size - span, span)
-    return digest.hexdigest(), tail
+        offset, length = offset + length, PACK_READ_PIECE
+
+    def end(span: int) -> bytes:
+        """The pack's last ``span`` bytes (at most all of it), from the last piece when it holds them."""
+        span = min(size, span)
+        return last[len(last) - span :] if span <= len(last) else storage.get_range(name, size - span, span)
+
+    return digest.hexdigest(), end(packformat.header_span(end(packformat.TRAILER.size)))
 
 
 def _header_problem(repository: Repository, indexed: list[bytes], tail: bytes, size: int, pack_id: str) -> str | None:
@@ -434,8 +436,7 @@ class _HashAside:
         self._digests = digests
         self._batch: list[tuple[int, bytes | memoryview]] = []
         self._batch_bytes = 0
-        self._waiting: collections.deque[Future[None]] = collections.deque()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dbkeep-verify-hash")
+        self._hashing = InOrder("dbkeep-verify-hash", ahead=HASH_TASKS_AHEAD)
 
     def __enter__(self) -> _HashAside:
         return self
@@ -447,28 +448,20 @@ class _HashAside:
             self._submit()
 
     def _submit(self) -> None:
-        batch, digests = self._batch, self._digests
+        self._hashing.submit(_update_digests, self._digests, self._batch)
         self._batch, self._batch_bytes = [], 0
 
-        def hash_batch() -> None:
-            for number, piece in batch:
-                digests[number].update(piece)
-
-        self._waiting.append(self._executor.submit(hash_batch))
-        if len(self._waiting) > HASH_TASKS_AHEAD:
-            self._waiting.popleft().result()
-
     def __exit__(self, kind: object, error: object, trace: object) -> None:
-        try:
+        with self._hashing:
             if kind is None:
                 if self._batch:
                     self._submit()
-                while self._waiting:
-                    self._waiting.popleft().result()
-        finally:
-            for future in self._waiting:
-                future.cancel()
-            self._executor.shutdown(wait=True)
+                self._hashing.drain()
+
+
+def _update_digests(digests: Sequence[hashlib._Hash], batch: list[tuple[int, bytes | memoryview]]) -> None:
+    for number, piece in batch:
+        digests[number].update(piece)
 
 
 #: Bytes of pieces hashed per task of ``_HashAside``, and how many tasks may wait.
@@ -507,7 +500,8 @@ def _pieces(repository: Repository, entry: FileEntry, state: _State) -> Iterator
             if (run[0], run[1].frame_offset) not in checked:
                 _check_frame(repository, ChunkLocation(pack_id=run[0], entry=run[1]), state)
         if not damaged:
-            _join_runs(runs, leaf_runs)
+            for run in leaf_runs:
+                join_run(runs, run)
             batch_bytes += leaf_bytes
         else:
             for position, row in enumerate(rows):
@@ -521,16 +515,6 @@ def _pieces(repository: Repository, entry: FileEntry, state: _State) -> Iterator
             yield from _read_runs(repository, runs)
             runs, batch_bytes = [], 0
     yield from _read_runs(repository, runs)
-
-
-def _join_runs(runs: list[list], more: list[list]) -> None:
-    """Append ``more`` to ``runs``, joining its first run to the last one when they are adjacent in one frame (as Index.add_runs does)."""
-    if runs and more:
-        last, first = runs[-1], more[0]
-        if last[0] == first[0] and last[1].frame_offset == first[1].frame_offset and last[3] == first[2]:
-            last[3] = first[3]
-            more = more[1:]
-    runs.extend(more)
 
 
 def _read_runs(repository: Repository, runs: list[list]) -> Iterator[bytes | memoryview]:
