@@ -17,7 +17,7 @@ from typing import Any
 
 
 class InOrder:
-    """Calls run one after another on one thread; ``submit`` waits once more than ``ahead`` are waiting.
+    """Calls run one after another on one thread; ``submit`` returns with at most ``ahead`` of them not done.
 
     ``drain`` waits for every call and raises the first error. Leaving the
     ``with`` block (or ``close``) cancels what has not started and waits for
