@@ -56,6 +56,13 @@ class GitInfo:
     dirty: bool | None = None
 
 
+#: How a SQLite state was held while it was read (``SQLiteInfo.capture``): the live
+#: file inside a read transaction that kept SQLite from writing it ...
+CAPTURED_IN_PLACE = "read-transaction"
+#: ... or a copy made through SQLite's online backup API (and by every version before the field).
+CAPTURED_BY_BACKUP_API = "backup-api"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SQLiteInfo:
     """What a SQLite capture found, checked again after every restore."""
@@ -69,6 +76,8 @@ class SQLiteInfo:
     sqlite_version: str
     integrity: str
     check: str  # "integrity_check" or "quick_check"
+    #: How the state was held while it was read: CAPTURED_IN_PLACE or CAPTURED_BY_BACKUP_API.
+    capture: str = CAPTURED_BY_BACKUP_API
 
 
 #: Kinds of entry whose bytes are a dump of a database server, not a file.
@@ -380,6 +389,7 @@ def _sqlite_from_body(body: object) -> SQLiteInfo:
         sqlite_version=_require(body, "sqlite_version", str),
         integrity=_require(body, "integrity", str),
         check=_require(body, "check", str),
+        capture=_optional_string(body, "capture") or CAPTURED_BY_BACKUP_API,
     )
 
 

@@ -53,11 +53,9 @@ from .sources import (
     SelectedFile,
     capture_file,
     check_sqlite_copy,
-    copy_sqlite,
-    describe_copy,
     install_file,
     is_sqlite_file,
-    page_size_of,
+    open_capture,
     restore_sqlite_into,
     select_files,
 )
@@ -324,24 +322,20 @@ def _store_one(repository: Repository, writer, item: SelectedFile, stamp: Source
         raise SourceError(f"cannot read {item.path}: {error.strerror or error}") from error
     with contextlib.ExitStack() as spooled:  # a file's spooled chunk ids are dropped however this ends
         if item.kind == "sqlite":
-            copy_path, journal_mode = copy_sqlite(item.path, scratch)
-            # The stamp vouches for this capture only if nothing moved while it was taken.
-            if stamp != stamp_of(item.path, sqlite=True):
-                stamp = None
-            try:
-                page_size = page_size_of(copy_path)
+            with open_capture(item.path, scratch) as capture:
+                # The stamp vouches for this capture only if nothing moved while it was taken.
+                if stamp != stamp_of(item.path, sqlite=True):
+                    stamp = None
+                page_size = capture.page_size
                 chunk_size = max(page_size, settings.chunk_size // page_size * page_size)
                 # The integrity check runs inside SQLite without the GIL: it checks the
-                # copy on one core while the copy is chunked and stored on the other.
-                # Nothing stored is referenced unless the check passes.
+                # captured state on one core while its bytes are chunked and stored on
+                # the other. Nothing stored is referenced unless the check passes.
                 with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dbkeep-check") as checker:
-                    described = checker.submit(describe_copy, item.path, copy_path, journal_mode=journal_mode, quick_check_above=settings.quick_check_above)
-                    size, digest, chunk_ids = _store_stream(writer, capture_file(copy_path, READ_PIECE), chunk_size, stats, spool=scratch)
+                    described = checker.submit(capture.describe, quick_check_above=settings.quick_check_above)
+                    size, digest, chunk_ids = _store_stream(writer, capture.pieces(READ_PIECE), chunk_size, stats, spool=scratch)
                     spooled.enter_context(chunk_ids)
                     info = described.result()
-            finally:
-                with contextlib.suppress(OSError):
-                    os.unlink(copy_path)
             if info.integrity != "ok":
                 raise SourceError(f"{item.relative} fails {info.check} ({info.integrity}); refusing to store a damaged database as a good backup")
         else:

@@ -1,7 +1,8 @@
 """Sources: what is backed up, and how it is read and written back consistently.
 
-Owns: choosing files under a project root, capturing a consistent copy of each
-(SQLite through the online backup API, plain files with a change check), the
+Owns: choosing files under a project root, capturing a consistent state of each
+(SQLite inside a read transaction or through the online backup API, plain files
+with a change check), the
 metadata recorded about them, and writing a verified copy back into place.
 Knows databases and files, never the repository or storage formats.
 """
@@ -15,6 +16,7 @@ from .sqlite import (
     describe_copy,
     describe_sqlite,
     logical_dump_digest,
+    open_capture,
     page_size_of,
     restore_sqlite_into,
 )
@@ -31,6 +33,7 @@ __all__ = [
     "install_file",
     "is_sqlite_file",
     "logical_dump_digest",
+    "open_capture",
     "page_size_of",
     "restore_sqlite_into",
     "select_files",

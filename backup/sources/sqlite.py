@@ -1,10 +1,11 @@
 """SQLite databases: consistent capture and coherent write-back.
 
-Owns: copying a live database through the online backup API (never a file copy,
-never VACUUM INTO, which renumbers pages and defeats dedup), describing a copy
-(page size, row counts, schema hash, integrity), and restoring a verified copy
-into a live database through the same API so open connections and the WAL stay
-coherent.
+Owns: capturing one committed state of a live database (its file read inside a
+read transaction that stops SQLite from writing it, or else a copy through the
+online backup API; never a bare file copy, never VACUUM INTO, which renumbers
+pages and defeats dedup), describing it (page size, row counts, schema hash,
+integrity), and restoring a verified copy into a live database through the
+backup API so open connections and the WAL stay coherent.
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ import os
 import sqlite3
 import time
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from .. import fsio
 from ..errors import NoSpace, SourceError
-from ..manifest import SQLiteInfo
+from ..manifest import CAPTURED_BY_BACKUP_API, CAPTURED_IN_PLACE, SQLiteInfo
+from .plainfile import capture_file
 
 BUSY_TIMEOUT_SECONDS = 30.0
 #: How long a backup step may keep finding the database locked before giving up.
@@ -57,8 +61,196 @@ def _read_only_uri(path: Path, *, private: bool) -> str:
     return f"file:{urllib.parse.quote(str(path))}?mode=ro" + ("&immutable=1" if private else "")
 
 
-def _connect_read_only(path: Path, *, private: bool = False) -> sqlite3.Connection:
-    return sqlite3.connect(_read_only_uri(path, private=private), uri=True, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
+def _connect_read_only(path: Path, *, private: bool = False, shared: bool = False) -> sqlite3.Connection:
+    # ``shared``: the connection is described on a checking thread while its
+    # transaction is held open; only one thread uses it at a time.
+    return sqlite3.connect(_read_only_uri(path, private=private), uri=True, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=not shared)
+
+
+class Capture:
+    """One committed state of the database at ``source``: its bytes, read once, and its description.
+
+    Made by ``open_capture``. ``method`` says how the state is held: the live file
+    itself inside a read transaction (CAPTURED_IN_PLACE), or a private copy made
+    through the backup API (CAPTURED_BY_BACKUP_API). ``pieces`` and ``describe``
+    may run at the same time on two threads. Close it when done: that ends the
+    transaction or removes the copy.
+    """
+
+    def __init__(self, source: Path, *, method: str, journal_mode: str, page_size: int, size: int | None,
+                 handle: BinaryIO | None = None, connection: sqlite3.Connection | None = None, copy_path: Path | None = None) -> None:
+        self.source = source
+        self.method = method
+        self.journal_mode = journal_mode
+        self.page_size = page_size
+        self._size = size
+        self._handle = handle
+        self._connection = connection
+        self._copy_path = copy_path
+
+    def pieces(self, piece_size: int) -> Iterator[bytes]:
+        """The database's bytes in ``piece_size`` pieces; SourceError if they cannot all be read."""
+        if self._copy_path is not None:
+            yield from capture_file(self._copy_path, piece_size)
+            return
+        assert self._handle is not None and self._size is not None
+        offset = 0
+        try:
+            while offset < self._size:
+                piece = os.pread(self._handle.fileno(), min(max(piece_size, HEADER_BYTES), self._size - offset), offset)
+                if not piece or (offset == 0 and len(piece) < HEADER_BYTES):
+                    raise SourceError(f"cannot back up SQLite database {self.source}: the file ended at byte {offset + len(piece)} of {self._size}; run the backup again")
+                yield as_backup_api_copy(piece, page_count=self._size // self.page_size) if offset == 0 else piece
+                offset += len(piece)
+        except OSError as error:
+            raise SourceError(f"cannot read {self.source}: {error.strerror or error}") from error
+
+    def describe(self, *, quick_check_above: int) -> SQLiteInfo:
+        """Page size, row counts, schema hash and integrity of this state; SourceError names the source."""
+        if self._copy_path is not None:
+            return describe_copy(self.source, self._copy_path, journal_mode=self.journal_mode, quick_check_above=quick_check_above)
+        assert self._connection is not None and self._size is not None
+        try:
+            return _describe_connection(self._connection, size=self._size, journal_mode=self.journal_mode, quick_check_above=quick_check_above, method=self.method)
+        except sqlite3.Error as error:
+            raise SourceError(f"cannot back up SQLite database {self.source}: {error}") from error
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()  # ends the read transaction: SQLite may write the file again
+            self._connection = None
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+        if self._copy_path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._copy_path)
+            self._copy_path = None
+
+    def __enter__(self) -> Capture:
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        self.close()
+
+
+HEADER_BYTES = 100
+
+
+def as_backup_api_copy(first: bytes, *, page_count: int) -> bytes:
+    """The database's first bytes with the header fields a backup API copy writes itself.
+
+    A copy through the backup API differs from the file it copies in five header
+    fields only. Page 1 gets the page count (offset 28) and a schema cookie one
+    above the empty copy's, 1 (offset 40); the copy's own commit sets the change
+    counter and the version-valid-for number to 1 and the library version to
+    this SQLite's (offsets 24, 92 and 96). Setting them here makes a capture's
+    bytes the same whichever way it was taken, so captures deduplicate against
+    each other and compare equal when the content is. All five are bookkeeping:
+    the schema cookie is only compared with itself between statements, and with
+    the change counter equal to version-valid-for SQLite trusts the page count,
+    which is the length read.
+    """
+    one = (1).to_bytes(4, "big")
+    header = bytearray(first[:HEADER_BYTES])
+    header[24:32] = one + page_count.to_bytes(4, "big")
+    header[40:44] = one
+    header[92:100] = one + _LIBRARY_VERSION_NUMBER.to_bytes(4, "big")
+    return bytes(header) + first[HEADER_BYTES:]
+
+
+def _version_number(version: str) -> int:
+    """SQLITE_VERSION_NUMBER for a version string: 3.40.1 -> 3040001."""
+    major, minor, patch = (int(part) for part in (version.split(".") + ["0", "0"])[:3])
+    return major * 1_000_000 + minor * 1_000 + patch
+
+
+_LIBRARY_VERSION_NUMBER = _version_number(sqlite3.sqlite_version)
+
+
+def open_capture(path: Path, scratch_directory: Path) -> Capture:
+    """One committed state of the live database at ``path``, consistent while others write.
+
+    Read in place when SQLite guarantees that the file does not change during a
+    read transaction (see ``_open_in_place``): that saves writing and reading a
+    full copy. Otherwise a copy through the backup API in ``scratch_directory``.
+    Raises SourceError (or NoSpace) if the database cannot be read.
+    """
+    capture = _open_in_place(path)
+    if capture is not None:
+        return capture
+    copy_path, journal_mode = copy_sqlite(path, scratch_directory)
+    try:
+        page_size = page_size_of(copy_path)
+    except OSError as error:
+        os.unlink(copy_path)
+        raise SourceError(f"cannot read {copy_path}: {error.strerror or error}") from error
+    return Capture(path, method=CAPTURED_BY_BACKUP_API, journal_mode=journal_mode, page_size=page_size, size=None, copy_path=copy_path)
+
+
+def _open_in_place(path: Path) -> Capture | None:
+    """A read transaction on the live database whose file SQLite will not write while it is open; None if it cannot be had.
+
+    Why the file holds still: in rollback-journal modes the transaction holds a
+    SHARED lock, and no writer may write the database file until it gets an
+    EXCLUSIVE one. In WAL mode writers only append to the -wal file; the
+    database file is written only by a checkpoint, which must first take the
+    exclusive WAL_READ_LOCK(0), and a reader whose snapshot needs nothing from
+    the WAL holds that lock shared until its transaction ends. A snapshot needs
+    nothing from the WAL when the WAL was empty as it began; a WAL that is empty
+    once the snapshot is taken was empty then, because only a checkpoint that
+    waits for every reader of WAL frames can truncate it. The -shm file must be
+    writable, or the reader cannot take that lock at all. So the file's first
+    page_count pages are exactly the snapshot, the bytes the backup API would copy.
+
+    The file is opened before the connection, and must still be the file at
+    ``path`` once the snapshot is taken: the bytes read are the bytes SQLite reads.
+    """
+    try:
+        handle = open(path, "rb")
+    except OSError:
+        return None  # the copy reports why the file cannot be read
+    connection = None
+    try:
+        connection = _open_source(path, shared=True)
+        journal_mode = str(connection.execute("PRAGMA journal_mode").fetchone()[0])
+        connection.execute("BEGIN")
+        connection.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the snapshot is taken here
+        page_size = int(connection.execute("PRAGMA page_size").fetchone()[0])
+        page_count = int(connection.execute("PRAGMA page_count").fetchone()[0])
+        # An empty file has no header to read: the backup API writes one.
+        if page_count < 1 or _file_may_change(path, handle, journal_mode):
+            raise _NotInPlace
+    except (sqlite3.Error, OSError, _NotInPlace):
+        if connection is not None:
+            connection.close()
+        handle.close()
+        return None
+    except BaseException:
+        if connection is not None:
+            connection.close()
+        handle.close()
+        raise
+    return Capture(path, method=CAPTURED_IN_PLACE, journal_mode=journal_mode, page_size=page_size, size=page_size * page_count, handle=handle, connection=connection)
+
+
+class _NotInPlace(Exception):
+    """The live file could change during the read transaction: copy through the backup API."""
+
+
+def _file_may_change(path: Path, handle: BinaryIO, journal_mode: str) -> bool:
+    """True unless the open read transaction keeps every writer off the file ``handle`` reads (see ``_open_in_place``)."""
+    opened, now = os.fstat(handle.fileno()), os.stat(path)
+    if (opened.st_dev, opened.st_ino) != (now.st_dev, now.st_ino):
+        return True
+    if journal_mode != "wal":
+        return False
+    try:
+        if os.stat(f"{path}-wal").st_size != 0:
+            return True
+    except FileNotFoundError:
+        pass
+    return not os.access(f"{path}-shm", os.W_OK)
 
 
 def capture_sqlite(path: Path, scratch_directory: Path, *, quick_check_above: int) -> tuple[Path, SQLiteInfo]:
@@ -131,7 +323,7 @@ def page_size_of(path: Path) -> int:
     return 65536 if value == 1 else value or 4096
 
 
-def _open_source(path: Path) -> sqlite3.Connection:
+def _open_source(path: Path, *, shared: bool = False) -> sqlite3.Connection:
     """A connection for reading the live database: read-only whenever SQLite allows it.
 
     A writer that died mid-transaction in rollback-journal mode leaves a hot
@@ -140,7 +332,7 @@ def _open_source(path: Path) -> sqlite3.Connection:
     next connection would do exactly that, restoring the last committed state),
     so that is what is opened then. Raises SourceError when even that fails.
     """
-    connection = _connect_read_only(path)
+    connection = _connect_read_only(path, shared=shared)
     try:
         connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
         return connection
@@ -157,7 +349,7 @@ def _open_source(path: Path) -> sqlite3.Connection:
     if not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)):
         raise SourceError(hint.format("no write access"))
     try:
-        connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
+        connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=not shared)
         connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.Error as error:
         raise SourceError(hint.format(error)) from error
@@ -179,25 +371,30 @@ def _remove_sidecars(path: Path) -> None:
 
 def describe_sqlite(path: Path, *, journal_mode: str | None = None, quick_check_above: int) -> SQLiteInfo:
     """What a private database copy holds; runs integrity_check (quick_check when large)."""
-    size = path.stat().st_size
-    check = "quick_check" if size > quick_check_above else "integrity_check"
     with contextlib.closing(_connect_read_only(path, private=True)) as connection:
-        page_size = int(connection.execute("PRAGMA page_size").fetchone()[0])
-        page_count = int(connection.execute("PRAGMA page_count").fetchone()[0])
-        user_version = int(connection.execute("PRAGMA user_version").fetchone()[0])
-        mode = journal_mode or str(connection.execute("PRAGMA journal_mode").fetchone()[0])
-        results = [str(row[0]) for row in connection.execute(f"PRAGMA {check}")]
-        return SQLiteInfo(
-            page_size=page_size,
-            page_count=page_count,
-            journal_mode=mode,
-            user_version=user_version,
-            schema_hash=schema_hash(connection),
-            tables=table_row_counts(connection),
-            sqlite_version=sqlite3.sqlite_version,
-            integrity="ok" if results == ["ok"] else "; ".join(results[:20]),
-            check=check,
-        )
+        return _describe_connection(connection, size=path.stat().st_size, journal_mode=journal_mode, quick_check_above=quick_check_above, method=CAPTURED_BY_BACKUP_API)
+
+
+def _describe_connection(connection: sqlite3.Connection, *, size: int, journal_mode: str | None, quick_check_above: int, method: str) -> SQLiteInfo:
+    """describe_sqlite on an open connection, in the snapshot it holds (if it holds one)."""
+    check = "quick_check" if size > quick_check_above else "integrity_check"
+    page_size = int(connection.execute("PRAGMA page_size").fetchone()[0])
+    page_count = int(connection.execute("PRAGMA page_count").fetchone()[0])
+    user_version = int(connection.execute("PRAGMA user_version").fetchone()[0])
+    mode = journal_mode or str(connection.execute("PRAGMA journal_mode").fetchone()[0])
+    results = [str(row[0]) for row in connection.execute(f"PRAGMA {check}")]
+    return SQLiteInfo(
+        page_size=page_size,
+        page_count=page_count,
+        journal_mode=mode,
+        user_version=user_version,
+        schema_hash=schema_hash(connection),
+        tables=table_row_counts(connection),
+        sqlite_version=sqlite3.sqlite_version,
+        integrity="ok" if results == ["ok"] else "; ".join(results[:20]),
+        check=check,
+        capture=method,
+    )
 
 
 def schema_hash(connection: sqlite3.Connection) -> str:

@@ -126,7 +126,10 @@ def op_sqlite_writer(spec: dict) -> dict:
     """Insert increasing ids and move money between accounts, one transaction each.
 
     Prints ``committed <id>`` after each commit (the test reads these to know what
-    was committed before a backup began). With ``die_in_transaction`` it prints
+    was committed before a backup began). With ``checkpoint`` it runs that
+    checkpoint after each commit. With ``pause_every`` N it truncates the WAL
+    after every Nth commit, prints ``paused <id>`` and waits for a line on stdin.
+    With ``die_in_transaction`` it prints
     ``in-transaction`` after writing but before committing and waits to be killed.
     """
     path = spec["database"]
@@ -152,6 +155,13 @@ def op_sqlite_writer(spec: dict) -> dict:
             os.kill(os.getpid(), signal.SIGKILL)
         connection.execute("COMMIT")
         print("committed", ledger_id, flush=True)
+        if spec.get("pause_every") and ledger_id % spec["pause_every"] == 0:
+            # Empty the WAL, say so, and wait for the test to say go on.
+            connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            print("paused", ledger_id, flush=True)
+            sys.stdin.readline()
+        elif "checkpoint" in spec:
+            connection.execute(f"PRAGMA wal_checkpoint({spec['checkpoint']})").fetchone()
     connection.close()
     return {"rows": rows}
 

@@ -25,6 +25,8 @@ import pytest
 
 import backup
 import faultkit
+from backup.manifest import CAPTURED_IN_PLACE
+from backup.sources.sqlite import open_capture
 
 UNCOMMITTED_ID_BASE = 1_000_000_000
 
@@ -69,6 +71,7 @@ class Writer:
         spec = {"op": "sqlite_writer", "database": str(database), **options}
         self.process = subprocess.Popen(faultkit.child_command(spec), env=faultkit.child_env(), cwd=faultkit.REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.committed = 0
+        self.paused: int | None = None
         self.in_transaction: int | None = None
         self._condition = threading.Condition()
         self._ended = False
@@ -83,6 +86,8 @@ class Writer:
                 # A line cut short by the SIGKILL that ends the writer is ignored.
                 if len(words) == 2 and words[0] == "committed" and words[1].isdigit():
                     self.committed = int(words[1])
+                elif len(words) == 2 and words[0] == "paused" and words[1].isdigit():
+                    self.paused = int(words[1])
                 elif len(words) == 2 and words[0] == "in-transaction" and words[1].isdigit():
                     self.in_transaction = int(words[1])
                 self._condition.notify_all()
@@ -94,6 +99,12 @@ class Writer:
         with self._condition:
             assert self._condition.wait_for(lambda: predicate(self) or self._ended, timeout), "the writer made no progress"
             assert predicate(self), f"the writer ended early: {self.process.stderr.read() if self.process.stderr else ''}"
+
+    def resume(self) -> None:
+        """Let a writer waiting after ``paused`` go on."""
+        assert self.process.stdin
+        self.process.stdin.write("\n")
+        self.process.stdin.flush()
 
     def kill(self) -> str:
         with contextlib.suppress(ProcessLookupError):
@@ -136,6 +147,35 @@ def test_backups_taken_while_a_writer_commits_each_hold_exactly_one_committed_st
         errors = writer.kill()
     assert "Error" not in errors, errors
     campaign.finish(f"T14 backup under a concurrent writer ({mode})")
+
+
+def test_a_wal_database_read_in_place_while_a_writer_commits_and_checkpoints_holds_exactly_one_committed_state(tmp_path: Path) -> None:
+    """The capture begins while the WAL is empty, so it reads the file in place; the writer then commits and checkpoints throughout the read."""
+    project = _project(tmp_path, "wal")
+    database = project.live("app.db")
+    writer = Writer(database, synchronous="OFF", checkpoint="PASSIVE", pause_every=60)
+    campaign = faultkit.Campaign()
+    try:
+        for trial in range(faultkit.trial_count()):
+            writer.wait_for(lambda w, floor=(trial + 1) * 60: w.paused == floor)
+            paused = writer.paused
+            with open_capture(database, tmp_path) as capture:
+                assert capture.method == CAPTURED_IN_PLACE
+                writer.resume()
+                writer.wait_for(lambda w, floor=paused + 40: w.committed >= floor)  # 40 commits and checkpoints land during the read
+                captured = tmp_path / f"captured-{trial}.db"
+                captured.write_bytes(b"".join(capture.pieces(64 * 1024)))
+                info = capture.describe(quick_check_above=1 << 62)
+            campaign.trials += 1
+            problems = ledger_problems(captured, at_least=paused, exactly=paused)
+            if info.integrity != "ok" or info.tables["ledger"] != paused:
+                problems.append(f"described as {info.integrity} with {info.tables['ledger']} ledger rows")
+            if problems:
+                campaign.failures.append(f"trial {trial} (paused at {paused}): {problems}")
+    finally:
+        errors = writer.kill()
+    assert "Error" not in errors, errors
+    campaign.finish("T14 database read in place under a writer that commits and checkpoints (wal)")
 
 
 def test_plain_copy_of_a_wal_database_fails_the_committed_state_oracle(tmp_path: Path) -> None:
