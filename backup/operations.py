@@ -333,9 +333,14 @@ def _store_one(repository: Repository, writer, item: SelectedFile, stamp: Source
                 # the other. Nothing stored is referenced unless the check passes.
                 with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dbkeep-check") as checker:
                     described = checker.submit(capture.describe, quick_check_above=settings.quick_check_above)
-                    size, digest, chunk_ids = _store_stream(writer, capture.pieces(READ_PIECE), chunk_size, stats, spool=scratch)
+                    try:
+                        size, digest, chunk_ids = _store_stream(writer, capture.pieces(READ_PIECE), chunk_size, stats, spool=scratch)
+                    except BaseException:
+                        capture.interrupt()  # the check's result is not needed: end the transaction soon
+                        raise
                     spooled.enter_context(chunk_ids)
                     info = described.result()
+                capture.check_held()
             if info.integrity != "ok":
                 raise SourceError(f"{item.relative} fails {info.check} ({info.integrity}); refusing to store a damaged database as a good backup")
         else:

@@ -115,6 +115,20 @@ class Capture:
         except sqlite3.Error as error:
             raise SourceError(f"cannot back up SQLite database {self.source}: {error}") from error
 
+    def check_held(self) -> None:
+        """Raise SourceError if the read transaction ended before both the read and the description did.
+
+        SQLite rolls a whole transaction back when a statement in it fails with an
+        I/O or memory error, and the file is then no longer held still.
+        """
+        if self._connection is not None and not self._connection.in_transaction:
+            raise SourceError(f"cannot back up SQLite database {self.source}: its read transaction ended while it was read; run the backup again")
+
+    def interrupt(self) -> None:
+        """Stop a description running on another thread (the backup failed), so the transaction ends soon."""
+        if self._connection is not None:
+            self._connection.interrupt()
+
     def close(self) -> None:
         if self._connection is not None:
             self._connection.close()  # ends the read transaction: SQLite may write the file again
@@ -189,23 +203,32 @@ def open_capture(path: Path, scratch_directory: Path) -> Capture:
 
 
 def _open_in_place(path: Path) -> Capture | None:
-    """A read transaction on the live database whose file SQLite will not write while it is open; None if it cannot be had.
+    """A read transaction on a live WAL database whose file SQLite will not write while it is open; None if it cannot be had.
 
-    Why the file holds still: in rollback-journal modes the transaction holds a
-    SHARED lock, and no writer may write the database file until it gets an
-    EXCLUSIVE one. In WAL mode writers only append to the -wal file; the
-    database file is written only by a checkpoint, which must first take the
-    exclusive WAL_READ_LOCK(0), and a reader whose snapshot needs nothing from
-    the WAL holds that lock shared until its transaction ends. A snapshot needs
-    nothing from the WAL when the WAL was empty as it began; a WAL that is empty
-    once the snapshot is taken was empty then, because only a checkpoint that
-    waits for every reader of WAL frames can truncate it. The -shm file must be
-    writable, or the reader cannot take that lock at all. So the file's first
-    page_count pages are exactly the snapshot, the bytes the backup API would copy.
+    Why the file holds still: in WAL mode writers only append to the -wal file;
+    the database file is written only by a checkpoint, which must first take
+    the exclusive WAL_READ_LOCK(0), and a reader whose snapshot needs nothing
+    from the WAL holds that lock shared until its transaction ends. A snapshot
+    needs nothing from the WAL when the WAL was empty as it began; a WAL that is
+    empty once the snapshot is taken was empty then, because only a checkpoint
+    that waits for every reader of WAL frames can truncate it, and our own open
+    connection keeps it from being deleted. So the file's first page_count pages
+    are exactly the snapshot, the bytes the backup API would copy.
 
-    The file is opened before the connection, and must still be the file at
-    ``path`` once the snapshot is taken: the bytes read are the bytes SQLite reads.
+    Only WAL mode: writers go on committing while the file is read. In a
+    rollback-journal mode the read transaction's SHARED lock would hold every
+    writer off for the whole backup, so those databases are copied, which
+    holds it only for the copy.
+
+    The journal mode is asked inside the transaction: the application may
+    switch modes until the snapshot is taken. The file is opened before the
+    connection and must still be the file at ``path`` then. And no other
+    descriptor of this process may be open on it: closing ours would drop the
+    POSIX locks of every SQLite connection this process has on the file
+    (dbkeep runs inside applications through ``backup.guard``).
     """
+    if not _only_descriptor_here(path):
+        return None
     try:
         handle = open(path, "rb")
     except OSError:
@@ -213,13 +236,13 @@ def _open_in_place(path: Path) -> Capture | None:
     connection = None
     try:
         connection = _open_source(path, shared=True)
-        journal_mode = str(connection.execute("PRAGMA journal_mode").fetchone()[0])
         connection.execute("BEGIN")
         connection.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the snapshot is taken here
+        journal_mode = str(connection.execute("PRAGMA journal_mode").fetchone()[0])
         page_size = int(connection.execute("PRAGMA page_size").fetchone()[0])
         page_count = int(connection.execute("PRAGMA page_count").fetchone()[0])
         # An empty file has no header to read: the backup API writes one.
-        if page_count < 1 or _file_may_change(path, handle, journal_mode):
+        if journal_mode != "wal" or page_count < 1 or _file_may_change(path, handle, page_size * page_count):
             raise _NotInPlace
     except (sqlite3.Error, OSError, _NotInPlace):
         if connection is not None:
@@ -238,18 +261,33 @@ class _NotInPlace(Exception):
     """The live file could change during the read transaction: copy through the backup API."""
 
 
-def _file_may_change(path: Path, handle: BinaryIO, journal_mode: str) -> bool:
-    """True unless the open read transaction keeps every writer off the file ``handle`` reads (see ``_open_in_place``)."""
-    opened, now = os.fstat(handle.fileno()), os.stat(path)
-    if (opened.st_dev, opened.st_ino) != (now.st_dev, now.st_ino):
-        return True
-    if journal_mode != "wal":
+def _only_descriptor_here(path: Path) -> bool:
+    """True if no descriptor of this process is open on the file at ``path`` (False where that cannot be told)."""
+    try:
+        target = os.stat(path)
+        descriptors = os.listdir("/proc/self/fd")
+    except OSError:
         return False
+    for name in descriptors:
+        with contextlib.suppress(OSError):
+            found = os.stat(f"/proc/self/fd/{name}")
+            if (found.st_dev, found.st_ino) == (target.st_dev, target.st_ino):
+                return False
+    return True
+
+
+def _file_may_change(path: Path, handle: BinaryIO, size: int) -> bool:
+    """True unless the open WAL read transaction keeps every writer off the ``size`` bytes ``handle`` reads (see ``_open_in_place``)."""
+    opened, now = os.fstat(handle.fileno()), os.stat(path)
+    if (opened.st_dev, opened.st_ino) != (now.st_dev, now.st_ino) or opened.st_size < size:
+        return True
+    if os.pread(handle.fileno(), 2, 18) != b"\x02\x02":
+        return True  # the file does not say WAL
     try:
         if os.stat(f"{path}-wal").st_size != 0:
             return True
     except FileNotFoundError:
-        pass
+        return True  # our own connection holds it open: something outside SQLite removed it
     return not os.access(f"{path}-shm", os.W_OK)
 
 

@@ -1,10 +1,12 @@
-"""Reading a live database in place, inside a read transaction, is as consistent as the backup API.
+"""Reading a live WAL database in place, inside a read transaction, is as consistent as the backup API.
 
 The in-place capture reads the database file itself while a read transaction
-keeps SQLite from writing it. These tests try to break that: every kind of
+keeps SQLite from writing it. These tests try to break that: every shape of
 database must give the backup API's bytes exactly, a writer that commits and
 checkpoints in the middle of the read must not reach the file, and whatever
-SQLite cannot promise (frames in the WAL) must fall back to the copy.
+SQLite cannot promise (frames in the WAL, a mode switched under the capture, a
+transaction that ended, rollback-journal writers to keep waiting) must fall
+back to the copy or fail.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from backup import create_backup, restore_backup
+from backup import create_backup, list_snapshots, restore_backup
+from backup.errors import SourceError
 from backup.manifest import CAPTURED_BY_BACKUP_API, CAPTURED_IN_PLACE
+from backup.sources import sqlite as sqlite_source
 from backup.sources.sqlite import _file_may_change, copy_sqlite, open_capture
 from tests.dbhelpers import make_database
 
@@ -97,10 +101,10 @@ def _shaped(path: Path, *, journal_mode: str, page_size: int, auto_vacuum: str, 
     ("journal_mode", "page_size", "auto_vacuum", "schema_changes"),
     [
         ("wal", 4096, "none", 3),
-        ("delete", 4096, "none", 9),
+        ("wal", 4096, "none", 9),
         ("wal", 512, "full", 4),
-        ("truncate", 65536, "incremental", 2),
-        ("persist", 1024, "none", 12),
+        ("wal", 65536, "incremental", 2),
+        ("wal", 1024, "none", 12),
     ],
 )
 def test_in_place_capture_is_byte_for_byte_the_backup_api_copy(tmp_path: Path, journal_mode: str, page_size: int, auto_vacuum: str, schema_changes: int) -> None:
@@ -140,18 +144,80 @@ def test_a_wal_writer_can_neither_checkpoint_nor_truncate_into_a_file_being_read
     assert _captured(database, tmp_path)[1] != snapshot
 
 
-def test_a_rollback_journal_writer_cannot_commit_while_the_file_is_read_in_place(tmp_path: Path) -> None:
+def test_a_rollback_journal_database_is_copied_so_its_writers_are_not_held_off(tmp_path: Path) -> None:
     database = make_database(tmp_path / "live.db", rows=3000, journal_mode="delete")
     snapshot = _backup_api_copy(database, tmp_path)
     with open_capture(database, tmp_path) as capture:
-        assert capture.method == CAPTURED_IN_PLACE
-        pieces = capture.pieces(PIECE)
-        first = next(pieces)
-        refused = _run(COMMIT_ONCE, database)
-        captured = first + b"".join(pieces)
-    assert refused == "database is locked"
+        assert capture.method == CAPTURED_BY_BACKUP_API
+        assert _run(COMMIT_ONCE, database) == "committed"
+        captured = b"".join(capture.pieces(PIECE))
     assert captured == snapshot
-    assert _run(COMMIT_ONCE, database) == "committed", "negative control: once the transaction ends the writer commits"
+
+
+def test_a_switch_to_wal_before_the_snapshot_is_taken_is_seen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The application turns a rollback-journal database to WAL and commits just after dbkeep connects."""
+    database = make_database(tmp_path / "live.db", rows=100, journal_mode="delete")
+    application = sqlite3.connect(database, isolation_level=None)
+    connect = sqlite_source._open_source
+
+    def connect_then_switch(path: Path, **options):
+        connection = connect(path, **options)
+        monkeypatch.setattr(sqlite_source, "_open_source", connect)  # once
+        application.execute("PRAGMA journal_mode=WAL")
+        application.execute("PRAGMA wal_autocheckpoint=0")
+        application.execute("INSERT INTO events(label) VALUES ('after the switch')")
+        return connection
+
+    monkeypatch.setattr(sqlite_source, "_open_source", connect_then_switch)
+    monkeypatch.setattr(sqlite_source, "_only_descriptor_here", lambda path: True)  # the application is in this process
+    try:
+        with open_capture(database, tmp_path) as capture:
+            assert capture.method == CAPTURED_BY_BACKUP_API
+            assert capture.describe(quick_check_above=1 << 62).tables["events"] == 101
+            captured = b"".join(capture.pieces(PIECE))
+    finally:
+        application.close()
+    restored = tmp_path / "restored.db"
+    restored.write_bytes(captured)
+    with contextlib.closing(sqlite3.connect(restored)) as connection:
+        assert connection.execute("SELECT count(*) FROM events").fetchone()[0] == 101
+
+
+def test_a_backup_whose_read_transaction_ended_early_fails_and_publishes_nothing(tmp_path: Path, make_settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A statement failing with an I/O error rolls the transaction back; here the row count ends it."""
+    root = tmp_path / "project"
+    make_database(root / "app.db", rows=500, journal_mode="wal")
+    count_rows = sqlite_source.table_row_counts
+
+    def end_transaction_then_count(connection: sqlite3.Connection):
+        if connection.in_transaction:
+            connection.execute("COMMIT")
+        return count_rows(connection)
+
+    monkeypatch.setattr(sqlite_source, "table_row_counts", end_transaction_then_count)
+    settings = make_settings(root)
+    with pytest.raises(SourceError, match="read transaction ended"):
+        create_backup(settings)
+    assert list_snapshots(settings).snapshots == ()
+
+
+def test_a_database_shorter_than_its_page_count_is_copied(tmp_path: Path) -> None:
+    database = make_database(tmp_path / "live.db", rows=50, journal_mode="wal")
+    damaged = bytearray(database.read_bytes())
+    damaged[92:96] = (12345).to_bytes(4, "big")  # a header SQLite does not trust: the length counts, rounded up
+    database.write_bytes(bytes(damaged) + bytes(10))
+    method, captured = _captured(database, tmp_path)
+    assert method == CAPTURED_BY_BACKUP_API
+    assert captured == _backup_api_copy(database, tmp_path)
+
+
+def test_a_database_this_process_has_open_is_copied(tmp_path: Path) -> None:
+    """Closing dbkeep's own descriptor would drop the POSIX locks of the process's other connections."""
+    database = make_database(tmp_path / "live.db", rows=50, journal_mode="wal")
+    with contextlib.closing(sqlite3.connect(database)) as application:
+        application.execute("SELECT count(*) FROM events").fetchone()
+        assert _captured(database, tmp_path)[0] == CAPTURED_BY_BACKUP_API
+    assert _captured(database, tmp_path)[0] == CAPTURED_IN_PLACE
 
 
 def test_a_wal_holding_committed_frames_is_captured_through_the_backup_api_with_those_commits(tmp_path: Path) -> None:
@@ -171,21 +237,23 @@ def test_a_wal_holding_committed_frames_is_captured_through_the_backup_api_with_
 
 
 def test_a_file_replaced_under_its_path_is_not_read_in_place(tmp_path: Path) -> None:
-    database = make_database(tmp_path / "live.db", rows=10, journal_mode="delete")
-    other = make_database(tmp_path / "other.db", rows=20, journal_mode="delete")
-    with open(database, "rb") as handle:
-        assert not _file_may_change(database, handle, "delete")
-        os.replace(other, database)
-        assert _file_may_change(database, handle, "delete")
+    database = make_database(tmp_path / "live.db", rows=10, journal_mode="wal")
+    other = make_database(tmp_path / "other.db", rows=20, journal_mode="wal")
+    with contextlib.closing(sqlite3.connect(database)) as connection:  # keeps an empty -wal and a -shm
+        connection.execute("SELECT count(*) FROM events").fetchone()
+        with open(database, "rb") as handle:
+            assert not _file_may_change(database, handle, 4096)
+            os.replace(other, database)
+            assert _file_may_change(database, handle, 4096)
 
 
-@pytest.mark.parametrize("journal_mode", ["wal", "delete"])
-def test_a_backup_read_in_place_restores_the_database_and_says_how_it_was_taken(tmp_path: Path, make_settings, journal_mode: str) -> None:
+@pytest.mark.parametrize(("journal_mode", "method"), [("wal", CAPTURED_IN_PLACE), ("delete", CAPTURED_BY_BACKUP_API)])
+def test_a_backup_restores_the_database_and_says_how_it_was_taken(tmp_path: Path, make_settings, journal_mode: str, method: str) -> None:
     root = tmp_path / "project"
     database = make_database(root / "app.db", rows=2000, journal_mode=journal_mode)
     settings = make_settings(root)
     entry = create_backup(settings).snapshot.files[0]
-    assert entry.sqlite is not None and entry.sqlite.capture == CAPTURED_IN_PLACE
+    assert entry.sqlite is not None and entry.sqlite.capture == method
     assert entry.size == database.stat().st_size
     target = tmp_path / "restored"
     restore_backup(settings, "latest", target=target)
