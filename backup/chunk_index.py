@@ -280,6 +280,47 @@ class Index:
                 out += entry
         return out
 
+    # -- whole state (indexcache) ----------------------------------------------------
+
+    def held_state(self) -> tuple[bytes, bytearray, array, array, int, array]:
+        """(packs, held rows, sorted prefixes, their row numbers, shift, bucket starts): all ``from_held_state`` needs.
+
+        ``packs`` is each held pack's raw id and 8-byte size, in pack-number order.
+        The rows after the sorted ones are still waiting (``_recent``); they are
+        made findable again when loaded, and sorted in once enough have come.
+        """
+        packs = b"".join(raw + self.pack_sizes[pack_id].to_bytes(8, "little") for raw, pack_id in zip(self._packs, self._pack_ids))
+        return packs, self._rows, self._keys, self._order, self._shift, self._starts
+
+    @classmethod
+    def from_held_state(cls, packs: bytes, rows: bytearray, keys: array, order: array, shift: int, starts: array, files: list[str]) -> Index:
+        """An index holding what ``held_state`` gave; ValueError if the parts do not fit together."""
+        count, extra = divmod(len(rows), HELD.size)
+        pack_count, pack_extra = divmod(len(packs), 40)
+        sorted_count = len(keys)
+        if extra or pack_extra or len(order) != sorted_count or sorted_count > count or (sorted_count and max(order) >= count):
+            raise ValueError("the parts of the index do not fit together")
+        if not 0 < shift < 64 or len(starts) != (1 << (64 - shift)) + 1 or starts[-1] != sorted_count or (sorted_count and max(starts) > sorted_count):
+            raise ValueError("the buckets do not fit the sorted rows")
+        index = cls()
+        for start in range(0, len(packs), 40):
+            raw, size = packs[start : start + 32], int.from_bytes(packs[start + 32 : start + 40], "little")
+            pack_id = raw.hex()
+            if pack_id in index.pack_sizes:
+                raise ValueError("a pack is held twice")
+            index.pack_sizes[pack_id] = size
+            index._numbers[raw] = len(index._packs).to_bytes(4, "little")
+            index._packs.append(raw)
+            index._pack_ids.append(pack_id)
+        if count and max(number for (number,) in struct.iter_unpack("<I53x", rows)) >= pack_count:
+            raise ValueError("a row names a pack that is not held")
+        index._rows, index._count, index._keys, index._order = rows, count, keys, order
+        index._shift, index._starts = shift, starts
+        with memoryview(rows) as view:
+            index._wait_unsorted(view[sorted_count * HELD.size :], sorted_count)
+        index.files = list(files)
+        return index
+
     def add_pack(self, pack_id: str, size: int, entries: Iterable[PackEntry]) -> range:
         return self.add_rows(encode_rows(pack_id, size, entries))
 

@@ -25,7 +25,7 @@ from typing import BinaryIO
 
 import pathspec
 
-from . import fsio, locking, progress, servers
+from . import fsio, indexcache, locking, progress, servers
 from .chunk_index import split_ids
 from .chunking import content_defined_chunks
 from .crypto import passphrase_from_environment
@@ -78,14 +78,23 @@ def open_repository(settings: Settings, *, create: bool = False) -> Repository:
     storage = open_storage(settings.repository)
     encrypt = settings.encryption != "none"
     if create:
-        return Repository.open_or_init(
-            storage,
-            chunk_size=settings.chunk_size,
-            compression_level=settings.compression_level,
-            passphrase=passphrase_from_environment,
-            encrypt=encrypt,
+        return _with_index_cache(
+            Repository.open_or_init(
+                storage,
+                chunk_size=settings.chunk_size,
+                compression_level=settings.compression_level,
+                passphrase=passphrase_from_environment,
+                encrypt=encrypt,
+            )
         )
-    return Repository.open(storage, passphrase=passphrase_from_environment, require_encryption=encrypt)
+    return _with_index_cache(Repository.open(storage, passphrase=passphrase_from_environment, require_encryption=encrypt))
+
+
+def _with_index_cache(repository: Repository) -> Repository:
+    """Let ``repository`` keep its merged index in the local cache, unless it is encrypted (indexcache.py)."""
+    if repository.keys is None:
+        repository.index_cache = indexcache.cache_path(repository.config.id)
+    return repository
 
 
 # -- create --------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import zstandard
 
-from . import chunk_index, crypto, fsio
+from . import chunk_index, crypto, fsio, indexcache
 from . import pack as packformat
 from .errors import (
     AuthenticationFailed,
@@ -338,6 +338,8 @@ class Repository:
         #: in hex): chosen once, as it runs for every chunk a backup or verify sees.
         self.chunk_digest: Callable[[bytes | memoryview], bytes] = keys.chunk_digest if keys is not None else packformat.chunk_digest_of
         self._index: Index | None = None
+        #: Where the local copy of the merged index lives (indexcache.py); None: read the index files every time.
+        self.index_cache: Path | None = None
         self._frame_cache: collections.OrderedDict[tuple[str, int], bytes] = collections.OrderedDict()
         self._frame_cache_bytes = 0
         #: Read-ahead window (pack id, offset, bytes): sequential frame reads become
@@ -528,10 +530,22 @@ class Repository:
     # -- index ----------------------------------------------------------------------
 
     def index(self, *, reload: bool = False) -> Index:
-        """The merged index; damaged index files are recorded in ``problems``, not fatal."""
+        """The merged index; damaged index files are recorded in ``problems``, not fatal.
+
+        With ``index_cache`` set, the local copy is used when it was made from
+        exactly the index files there are (indexcache.py), and refreshed after the
+        files are read. ``reload`` reads the files again and never the copy:
+        verify and clean must see a damaged file.
+        """
         if self._index is None or reload:
+            infos = list(self.storage.list("index"))
+            names = [info.name for info in infos]
+            cached = indexcache.load(self.index_cache, names) if self.index_cache is not None and not reload else None
+            if cached is not None and self._index_files_intact(names):
+                self._index = cached
+                return cached
             index = Index()
-            for info in self.storage.list("index"):
+            for info in infos:
                 index.files.append(info.name)
                 try:
                     pieces = self._index_row_pieces(_get_bounded(self.storage, info.name, MAX_INDEX_BYTES, CorruptIndex), info.name)
@@ -540,7 +554,25 @@ class Repository:
                     continue
                 index.add_file_rows(pieces)
             self._index = index
+            if self.index_cache is not None:
+                indexcache.save(index, self.index_cache)
         return self._index
+
+    def _index_files_intact(self, names: list[str]) -> bool:
+        """True if every index file still hashes to its name, so the local copy made from them still holds."""
+        for name in names:
+            try:
+                self._index_plaintext(_get_bounded(self.storage, name, MAX_INDEX_BYTES, CorruptIndex), name)
+            except (CorruptIndex, AuthenticationFailed, StorageError):
+                return False
+        return True
+
+    def _index_file_written(self, name: str) -> None:
+        """The index file ``name`` holds rows the loaded index already has: record it, and refresh the local copy."""
+        if self._index is not None:
+            self._index.files.append(name)
+            if self.index_cache is not None:
+                indexcache.save(self._index, self.index_cache)
 
     def rebuild_index(self) -> tuple[int, list[str]]:
         """Write one fresh index from every pack's own header, then drop the old files.
@@ -1244,7 +1276,8 @@ class ChunkWriter:
             with self._failing_for_good():
                 self._write_pack()
                 if self._written:
-                    self.repository._write_index_file(encode_index_rows(self._written, held=self.index))
+                    name = self.repository._write_index_file(encode_index_rows(self._written, held=self.index))
+                    self.repository._index_file_written(name)
                     self._written = {}
         finally:
             self._pack_io.close()

@@ -11,6 +11,14 @@ from backup.settings import Settings, settings_from_mapping
 from tests.dbhelpers import make_database
 
 
+@pytest.fixture(autouse=True)
+def index_cache_directory(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test keeps its local index copies (backup/indexcache.py) apart, never in the user's cache."""
+    directory = tmp_path_factory.mktemp("index-cache")
+    monkeypatch.setenv("DBKEEP_CACHE_DIR", str(directory))
+    return directory
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     root = tmp_path / "project"
