@@ -33,14 +33,17 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import stat
 import struct
+import sys
 import tempfile
 from array import array
 from pathlib import Path
 
 from .chunk_index import HELD, Index
 
-MAGIC = b"DBKIXC01"
+#: Names the layout and the held row size: a copy from a version that holds rows differently is not read.
+MAGIC = b"DBKIXC" + bytes([1, HELD.size])
 _COUNTS = struct.Struct("<32sQQQQQ")
 _PIECE = 4 << 20
 #: Environment variable naming the cache directory; empty turns the cache off.
@@ -57,9 +60,30 @@ def cache_directory() -> Path | None:
 
 
 def cache_path(repository_id: str) -> Path | None:
-    """Where the index copy of the repository with this id lives, or None when the cache is off."""
+    """Where the index copy of the repository with this id lives, or None when the cache is off.
+
+    Off on big-endian machines (the arrays are written as this machine holds them)
+    and where the repository's folder in the cache is not this user's alone:
+    rows planted there would be believed.
+    """
     directory = cache_directory()
-    return None if directory is None else directory / repository_id / "index"
+    if directory is None or sys.byteorder != "little":
+        return None
+    path = directory / repository_id / "index"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError:
+        return None
+    return path if _private(path.parent) and _private(path.parent.parent) else None
+
+
+def _private(directory: Path) -> bool:
+    """A real folder (not a link) owned by this user that nobody else may write into."""
+    try:
+        status = os.lstat(directory)
+    except OSError:
+        return False
+    return stat.S_ISDIR(status.st_mode) and status.st_uid == os.getuid() and not status.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
 
 
 def key_of(files: list[str]) -> bytes:
@@ -76,7 +100,6 @@ def save(index: Index, path: Path) -> None:
         return  # only an index read whole from its files is worth keeping
     packs, rows, keys, order, shift, starts = index.held_state()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         descriptor, temp = tempfile.mkstemp(prefix=".index-", dir=path.parent)
     except OSError:
         return

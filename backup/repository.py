@@ -567,12 +567,20 @@ class Repository:
                 return False
         return True
 
-    def _index_file_written(self, name: str) -> None:
-        """The index file ``name`` holds rows the loaded index already has: record it, and refresh the local copy."""
-        if self._index is not None:
-            self._index.files.append(name)
+    def _index_file_written(self, index: Index, name: str) -> None:
+        """The index file ``name`` holds rows ``index`` (a writer's) already has: record it, and refresh the local copy.
+
+        Only while ``index`` is still the loaded one: a copy must hold exactly what its files do.
+        """
+        if index is self._index:
+            index.files.append(name)
             if self.index_cache is not None:
-                indexcache.save(self._index, self.index_cache)
+                indexcache.save(index, self.index_cache)
+
+    def _drop_loaded_index(self, index: Index) -> None:
+        """Forget ``index`` if it is the loaded one: it holds rows that no index file lists."""
+        if index is self._index:
+            self._index = None
 
     def rebuild_index(self) -> tuple[int, list[str]]:
         """Write one fresh index from every pack's own header, then drop the old files.
@@ -1277,7 +1285,7 @@ class ChunkWriter:
                 self._write_pack()
                 if self._written:
                     name = self.repository._write_index_file(encode_index_rows(self._written, held=self.index))
-                    self.repository._index_file_written(name)
+                    self.repository._index_file_written(self.index, name)
                     self._written = {}
         finally:
             self._pack_io.close()
@@ -1296,6 +1304,12 @@ class ChunkWriter:
         if self._pack is not None and self._pack.staged is not None:
             self._pack.staged.discard()
         self._pack = None
+        if self._written:
+            # Published packs whose index file was never written: their rows are
+            # in the loaded index but in no index file. Drop the loaded index, so
+            # neither a later writer nor the local copy (indexcache) counts them.
+            self._written = {}
+            self.repository._drop_loaded_index(self.index)
 
     def _stop_worker(self) -> None:
         if self._executor is not None:

@@ -19,7 +19,8 @@ REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 
 
 def cli_environment(extra: dict[str, str] | None = None, *, home: Path | None = None) -> dict[str, str]:
-    environment = {key: value for key, value in os.environ.items() if not key.startswith(("INVOKE_", "DBKEEP_"))}
+    # The index cache folder stays the one the test chose (conftest.py), never the source tree.
+    environment = {key: value for key, value in os.environ.items() if not key.startswith(("INVOKE_", "DBKEEP_")) or key == "DBKEEP_CACHE_DIR"}
     environment["PYTHONPATH"] = str(REPOSITORY_ROOT)
     if home is not None:
         environment["HOME"] = str(home)  # no ~/.invoke.yaml of the person running the tests

@@ -18,6 +18,8 @@ import pytest
 from backup import create_backup, restore_backup, verify_backup
 from backup import indexcache
 from backup.operations import open_repository
+from backup.chunk_index import ROW, Index
+from backup.errors import StorageError
 from backup.repository import Repository
 from backup.settings import settings_from_mapping
 from backup.storage import LocalStorage
@@ -105,6 +107,29 @@ def test_a_copy_made_from_other_index_files_is_not_used(backed_up) -> None:
     assert indexcache.load(repository.index_cache, [*names, "index/" + "0" * 64]) is None
 
 
+def _plant_copy_without_the_last_pack(settings) -> str:
+    """Save a copy keyed to the current index files that lacks one pack's rows; returns that pack's id."""
+    repository = open_repository(settings)
+    index = _files_index(settings)
+    dropped = index.held_state()[0][-40:-8].hex()
+    rows = index.row_bytes(range(len(index)))
+    smaller = Index()
+    smaller.add_rows(b"".join(rows[start : start + ROW.size] for start in range(0, len(rows), ROW.size) if rows[start : start + 32].hex() != dropped))
+    smaller.files = list(index.files)
+    indexcache.save(smaller, repository.index_cache)
+    assert dropped not in indexcache.load(repository.index_cache, index.files).pack_sizes
+    return dropped
+
+
+def test_a_backup_trusts_the_copy_but_verify_reads_the_index_files(backed_up) -> None:
+    """A copy lacking a pack makes a backup store that pack's chunks again; verify, reading the files, finds all well."""
+    _plant_copy_without_the_last_pack(backed_up)
+    report = create_backup(backed_up)
+    assert report.stats.new_chunks > 0, "the backup did not use the copy"
+    verified = verify_backup(backed_up)
+    assert verified.ok, [problem.message for problem in verified.problems]
+
+
 def test_verify_reads_the_index_files_and_finds_one_the_copy_would_hide(backed_up) -> None:
     index_file = sorted((backed_up.repository / "index").iterdir())[0]
     damaged = bytearray(index_file.read_bytes())
@@ -114,6 +139,41 @@ def test_verify_reads_the_index_files_and_finds_one_the_copy_would_hide(backed_u
     assert _cached_index(backed_up) is not None, "the copy still matches the file names"
     report = verify_backup(backed_up)
     assert not report.ok and any(problem.kind == "corrupt-index" for problem in report.problems)
+
+
+def test_rows_of_a_writer_that_failed_before_its_index_file_never_reach_the_copy(backed_up, monkeypatch: pytest.MonkeyPatch) -> None:
+    repository = open_repository(backed_up)
+    repository.index()
+    lost = b"published, but no index file lists me" * 100
+    write_index_file = Repository._write_index_file
+
+    def fail(self, data: bytes) -> str:
+        raise StorageError("the index file could not be written")
+
+    monkeypatch.setattr(Repository, "_write_index_file", fail)
+    with pytest.raises(StorageError), repository.writer() as failed:
+        failed.add(failed.chunk_id(lost), lost)
+        failed.finish()
+    monkeypatch.setattr(Repository, "_write_index_file", write_index_file)
+    kept = b"written by the next writer" * 100
+    with repository.writer() as writer:
+        writer.add(writer.chunk_id(kept), kept)
+        writer.finish()
+    cached = _cached_index(backed_up)
+    assert cached is not None
+    every_pack = {bytes.fromhex(pack_id) for pack_id in cached.pack_sizes}
+    assert cached.held_flags([bytes.fromhex(repository.chunk_id(lost)), bytes.fromhex(repository.chunk_id(kept))], every_pack) == [False, True]
+    assert _locations(cached) == _locations(_files_index(backed_up))
+
+
+def test_a_cache_folder_others_may_write_into_is_not_used(index_cache_directory: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shared = index_cache_directory / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv(indexcache.CACHE_ENV, str(shared))
+    assert indexcache.cache_path("0123abcd") is None
+    shared.chmod(0o700)
+    assert indexcache.cache_path("0123abcd") == shared / "0123abcd" / "index"
 
 
 def test_a_backup_with_a_copy_still_stores_again_what_a_lost_pack_held(backed_up, tmp_path: Path) -> None:
