@@ -32,6 +32,7 @@ from typing import Any
 import backup
 from backup import locking
 from backup.errors import RepositoryLocked, VerificationFailed
+from backup.indexcache import CACHE_ENV
 from backup.operations import open_repository
 from backup.prune import PruneOptions
 from backup.retention import RetentionPolicy
@@ -115,7 +116,7 @@ class World:
     digests: dict[str, str] = field(default_factory=dict)
 
     def child_environment(self, **extra: str) -> dict[str, str]:
-        environment = {key: value for key, value in os.environ.items() if not key.startswith("DBKEEP_")}
+        environment = {key: value for key, value in os.environ.items() if not key.startswith("DBKEEP_") or key == CACHE_ENV}
         environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CODE_ROOT), os.environ.get("PYTHONPATH", "")]))
         environment.update(extra)
         return environment
@@ -440,6 +441,10 @@ def run_selftest(*, keep: bool = False, directory: Path | None = None) -> Selfte
     """Run every scenario in a fresh temporary directory (removed afterwards unless ``keep``)."""
     base = Path(tempfile.mkdtemp(prefix="dbkeep-selftest-", dir=directory))
     results: list[ScenarioResult] = []
+    # The throwaway repositories keep their local index copies in the throwaway
+    # directory, not in the user's cache (the children inherit it too).
+    cache_before = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(base / "cache")
     try:
         world = make_world(base)
         for name, scenario in SCENARIOS:
@@ -452,6 +457,10 @@ def run_selftest(*, keep: bool = False, directory: Path | None = None) -> Selfte
                 detail, status = f"{type(error).__name__}: {error}", FAILED
             results.append(ScenarioResult(name=name, status=status, seconds=round(time.monotonic() - started, 2), detail=detail))
     finally:
+        if cache_before is None:
+            os.environ.pop(CACHE_ENV, None)
+        else:
+            os.environ[CACHE_ENV] = cache_before
         if not keep:
             shutil.rmtree(base, ignore_errors=True)
     return SelftestReport(results=tuple(results), directory=str(base))

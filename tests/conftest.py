@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from backup.settings import Settings, settings_from_mapping
 from tests.dbhelpers import make_database
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_index_cache_directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Processes started once per session (the fault driver) keep their index copies here, not in ~/.cache."""
+    directory = tmp_path_factory.mktemp("session-index-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DBKEEP_CACHE_DIR", str(directory))
+        yield directory
 
 
 @pytest.fixture(autouse=True)
