@@ -149,6 +149,7 @@ def test_backups_taken_while_a_writer_commits_each_hold_exactly_one_committed_st
     campaign.finish(f"T14 backup under a concurrent writer ({mode})")
 
 
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="no /proc/self/fd: databases are always copied here")
 def test_a_wal_database_read_in_place_while_a_writer_commits_and_checkpoints_holds_exactly_one_committed_state(tmp_path: Path) -> None:
     """The capture begins while the WAL is empty, so it reads the file in place; the writer then commits and checkpoints throughout the read."""
     project = _project(tmp_path, "wal")
