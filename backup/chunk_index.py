@@ -30,6 +30,9 @@ ROW = struct.Struct("<32sQ" + ENTRY.format[1:])
 _PACK_AND_SIZE = struct.Struct("<32sQ53x")
 #: One row as held: the pack's number (``Index._packs``), then the pack header entry.
 HELD = struct.Struct("<I" + ENTRY.format[1:])
+#: A held pack as ``Index.held_state`` gives it: raw pack id and size.
+HELD_PACK = struct.Struct("<32sQ")
+_PACK_NUMBER = struct.Struct("<I53x")
 #: Where the pack header entry starts in an index file row.
 _ENTRY_IN_ROW = 40
 #: The chunk id's first 8 bytes, big-endian: the same number as ``int(chunk_id[:16], 16)``.
@@ -202,15 +205,19 @@ class Index:
                 seen_before = True
                 continue
             fresh.add(raw_pack_id)
-            pack_id = raw_pack_id.hex()
-            self.pack_sizes[pack_id] = size
-            known[raw_pack_id] = len(self._packs).to_bytes(4, "little")
-            self._packs.append(raw_pack_id)
-            self._pack_ids.append(pack_id)
+            self._number_pack(raw_pack_id, size)
         if seen_before:
             rows = self._rows_not_held(rows, fresh)
         self._hold(rows)
         self._count += len(rows) // ROW.size
+
+    def _number_pack(self, raw_pack_id: bytes, size: int) -> None:
+        """Give a pack not held yet the next pack number."""
+        pack_id = raw_pack_id.hex()
+        self.pack_sizes[pack_id] = size
+        self._numbers[raw_pack_id] = len(self._packs).to_bytes(4, "little")
+        self._packs.append(raw_pack_id)
+        self._pack_ids.append(pack_id)
 
     def _hold(self, rows: bytes | bytearray | memoryview) -> None:
         """Append index file rows to the held rows: the pack's number instead of its id and size."""
@@ -289,30 +296,25 @@ class Index:
         The rows after the sorted ones are still waiting (``_recent``); they are
         made findable again when loaded, and sorted in once enough have come.
         """
-        packs = b"".join(raw + self.pack_sizes[pack_id].to_bytes(8, "little") for raw, pack_id in zip(self._packs, self._pack_ids))
+        packs = b"".join(HELD_PACK.pack(raw, self.pack_sizes[pack_id]) for raw, pack_id in zip(self._packs, self._pack_ids))
         return packs, self._rows, self._keys, self._order, self._shift, self._starts
 
     @classmethod
     def from_held_state(cls, packs: bytes, rows: bytearray, keys: array, order: array, shift: int, starts: array, files: list[str]) -> Index:
         """An index holding what ``held_state`` gave; ValueError if the parts do not fit together."""
         count, extra = divmod(len(rows), HELD.size)
-        pack_count, pack_extra = divmod(len(packs), 40)
+        pack_count, pack_extra = divmod(len(packs), HELD_PACK.size)
         sorted_count = len(keys)
         if extra or pack_extra or len(order) != sorted_count or sorted_count > count or (sorted_count and max(order) >= count):
             raise ValueError("the parts of the index do not fit together")
         if not 0 < shift < 64 or len(starts) != (1 << (64 - shift)) + 1 or starts[-1] != sorted_count or (sorted_count and max(starts) > sorted_count):
             raise ValueError("the buckets do not fit the sorted rows")
         index = cls()
-        for start in range(0, len(packs), 40):
-            raw, size = packs[start : start + 32], int.from_bytes(packs[start + 32 : start + 40], "little")
-            pack_id = raw.hex()
-            if pack_id in index.pack_sizes:
+        for raw, size in HELD_PACK.iter_unpack(packs):
+            if raw in index._numbers:
                 raise ValueError("a pack is held twice")
-            index.pack_sizes[pack_id] = size
-            index._numbers[raw] = len(index._packs).to_bytes(4, "little")
-            index._packs.append(raw)
-            index._pack_ids.append(pack_id)
-        if count and max(number for (number,) in struct.iter_unpack("<I53x", rows)) >= pack_count:
+            index._number_pack(raw, size)
+        if count and max(number for (number,) in _PACK_NUMBER.iter_unpack(rows)) >= pack_count:
             raise ValueError("a row names a pack that is not held")
         index._rows, index._count, index._keys, index._order = rows, count, keys, order
         index._shift, index._starts = shift, starts

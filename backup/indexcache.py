@@ -40,7 +40,7 @@ import tempfile
 from array import array
 from pathlib import Path
 
-from .chunk_index import HELD, Index
+from .chunk_index import HELD, HELD_PACK, Index
 
 #: Names the layout and the held row size: a copy from a version that holds rows differently is not read.
 MAGIC = b"DBKIXC" + bytes([1, HELD.size])
@@ -62,19 +62,19 @@ def cache_directory() -> Path | None:
 def cache_path(repository_id: str) -> Path | None:
     """Where the index copy of the repository with this id lives, or None when the cache is off.
 
-    Off on big-endian machines (the arrays are written as this machine holds them)
-    and where the repository's folder in the cache is not this user's alone:
-    rows planted there would be believed.
+    Off on big-endian machines (the arrays are written as this machine holds
+    them) and where the cache folder exists but is not this user's alone (see
+    ``_in_private_folder``). Nothing is created here: ``save`` makes the folder.
     """
     directory = cache_directory()
-    if directory is None or sys.byteorder != "little":
+    if directory is None or sys.byteorder != "little" or (os.path.lexists(directory) and not _private(directory)):
         return None
-    path = directory / repository_id / "index"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    except OSError:
-        return None
-    return path if _private(path.parent) and _private(path.parent.parent) else None
+    return directory / repository_id / "index"
+
+
+def _in_private_folder(path: Path) -> bool:
+    """True if the copy's folder and the cache folder above it are this user's alone: rows planted there would be believed."""
+    return _private(path.parent) and _private(path.parent.parent)
 
 
 def _private(directory: Path) -> bool:
@@ -100,13 +100,16 @@ def save(index: Index, path: Path) -> None:
         return  # only an index read whole from its files is worth keeping
     packs, rows, keys, order, shift, starts = index.held_state()
     try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not _in_private_folder(path):
+            return
         descriptor, temp = tempfile.mkstemp(prefix=".index-", dir=path.parent)
     except OSError:
         return
     try:
         with os.fdopen(descriptor, "wb") as handle:
             digest = hashlib.sha256()
-            counts = _COUNTS.pack(key_of(index.files), len(rows) // HELD.size, len(packs) // 40, len(keys), shift, len(starts))
+            counts = _COUNTS.pack(key_of(index.files), len(rows) // HELD.size, len(packs) // HELD_PACK.size, len(keys), shift, len(starts))
             for part in (MAGIC, counts, packs, rows, keys, order, starts):
                 with memoryview(part).cast("B") as view:
                     for start in range(0, len(view), _PIECE):
@@ -121,6 +124,8 @@ def save(index: Index, path: Path) -> None:
 
 def load(path: Path, files: list[str]) -> Index | None:
     """The index saved at ``path`` if it was made from exactly these index ``files`` and is whole; else None."""
+    if not _in_private_folder(path):
+        return None
     try:
         with open(path, "rb") as handle:
             size = os.fstat(handle.fileno()).st_size
@@ -128,10 +133,10 @@ def load(path: Path, files: list[str]) -> Index | None:
             if len(head) != len(MAGIC) + _COUNTS.size or head[: len(MAGIC)] != MAGIC:
                 return None
             key, row_count, pack_count, key_count, shift, start_count = _COUNTS.unpack_from(head, len(MAGIC))
-            if key != key_of(files) or size != len(head) + pack_count * 40 + row_count * HELD.size + key_count * 12 + start_count * 4 + 32:
+            if key != key_of(files) or size != len(head) + pack_count * HELD_PACK.size + row_count * HELD.size + key_count * 12 + start_count * 4 + 32:
                 return None
             digest = hashlib.sha256(head)
-            packs = _read_into(handle, bytearray(pack_count * 40), digest)
+            packs = _read_into(handle, bytearray(pack_count * HELD_PACK.size), digest)
             rows = _read_into(handle, bytearray(row_count * HELD.size), digest)
             keys = _read_array(handle, "Q", key_count, digest)
             order = _read_array(handle, "I", key_count, digest)

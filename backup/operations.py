@@ -42,7 +42,7 @@ from .errors import (
 from .inorder import InOrder
 from .ledger import load_ledger
 from .lookup import resolve_snapshot
-from .manifest import FileEntry, Snapshot, SnapshotStats, SourceStamp
+from .manifest import FileEntry, Snapshot, SnapshotStats, SourceStamp, SQLiteInfo
 from .readback import read_back
 from .provenance import TOOL_VERSION, git_info, host_name, user_name
 from .prune import PruneOptions
@@ -60,6 +60,7 @@ from .sources import (
     select_files,
 )
 from .sources.plainfile import move_aside_sidecars
+from .sources.sqlite import Capture
 from .sources.stamps import clock_ns, is_settled, stamp_of
 from .sources.server import DatabaseConfig, DrillResult, capture_database
 from .storage import describe_os_error, open_storage
@@ -335,21 +336,7 @@ def _store_one(repository: Repository, writer, item: SelectedFile, stamp: Source
                 # The stamp vouches for this capture only if nothing moved while it was taken.
                 if stamp != stamp_of(item.path, sqlite=True):
                     stamp = None
-                page_size = capture.page_size
-                chunk_size = max(page_size, settings.chunk_size // page_size * page_size)
-                # The integrity check runs inside SQLite without the GIL: it checks the
-                # captured state on one core while its bytes are chunked and stored on
-                # the other. Nothing stored is referenced unless the check passes.
-                with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dbkeep-check") as checker:
-                    described = checker.submit(capture.describe, quick_check_above=settings.quick_check_above)
-                    try:
-                        size, digest, chunk_ids = _store_stream(writer, capture.pieces(READ_PIECE), chunk_size, stats, spool=scratch)
-                    except BaseException:
-                        capture.interrupt()  # the check's result is not needed: end the transaction soon
-                        raise
-                    spooled.enter_context(chunk_ids)
-                    info = described.result()
-                capture.check_held()
+                size, digest, chunk_ids, info = _store_capture(writer, capture, settings, stats, spooled, scratch)
             if info.integrity != "ok":
                 raise SourceError(f"{item.relative} fails {info.check} ({info.integrity}); refusing to store a damaged database as a good backup")
         else:
@@ -372,6 +359,29 @@ def _store_one(repository: Repository, writer, item: SelectedFile, stamp: Source
         sqlite=info,
         source=stamp if stamp is not None and is_settled(stamp, clock) else None,
     )
+
+
+def _store_capture(writer, capture: Capture, settings: Settings, stats: _Counter, spooled: contextlib.ExitStack, scratch: Path) -> tuple[int, str, ChunkIdSpool, SQLiteInfo]:
+    """Store a captured SQLite state while SQLite checks it; (size, SHA-256, chunk ids, what the check found).
+
+    The integrity check runs inside SQLite without the GIL: it checks the
+    captured state on one core while its bytes are chunked and stored on the
+    other. Nothing stored is referenced unless the check passes. The chunk ids
+    go into ``spooled`` as soon as they exist, so they are dropped however this ends.
+    """
+    page_size = capture.page_size
+    chunk_size = max(page_size, settings.chunk_size // page_size * page_size)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dbkeep-check") as checker:
+        described = checker.submit(capture.describe, quick_check_above=settings.quick_check_above)
+        try:
+            size, digest, chunk_ids = _store_stream(writer, capture.pieces(READ_PIECE), chunk_size, stats, spool=scratch)
+        except BaseException:
+            capture.interrupt()  # the check's result is not needed: end the transaction soon
+            raise
+        spooled.enter_context(chunk_ids)
+        info = described.result()
+    capture.check_held()
+    return size, digest, chunk_ids, info
 
 
 def _store_server(writer, database: DatabaseConfig, stats: _Counter) -> FileEntry:

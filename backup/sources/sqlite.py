@@ -244,15 +244,12 @@ def _open_in_place(path: Path) -> Capture | None:
         # An empty file has no header to read: the backup API writes one.
         if journal_mode != "wal" or page_count < 1 or _file_may_change(path, handle, page_size * page_count):
             raise _NotInPlace
-    except (sqlite3.Error, OSError, _NotInPlace):
+    except BaseException as error:
         if connection is not None:
             connection.close()
         handle.close()
-        return None
-    except BaseException:
-        if connection is not None:
-            connection.close()
-        handle.close()
+        if isinstance(error, (sqlite3.Error, OSError, _NotInPlace)):
+            return None  # copied instead; the copy reports what is really wrong
         raise
     return Capture(path, method=CAPTURED_IN_PLACE, journal_mode=journal_mode, page_size=page_size, size=page_size * page_count, handle=handle, connection=connection)
 
